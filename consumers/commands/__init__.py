@@ -1,0 +1,1 @@
+"""Subcommands of the ``interest-stream`` CLI, one module each (see :mod:`consumers.cli`)."""
