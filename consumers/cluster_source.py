@@ -1,0 +1,134 @@
+"""Cluster source: the centroids and assignments topics, read and decoded for ``inspect`` and ``report``.
+
+Reads both compacted topics to their ends with :func:`consumers.topic_reader.read_topic` and
+decodes them with :mod:`stream.records`. Records that fail to decode are counted and skipped,
+never fatal: a viewer must still show what it can.
+
+Example (decoding needs no broker)::
+
+    >>> from consumers.topic_reader import TopicRecord
+    >>> from stream.records import CentroidSnapshot, encode_record
+    >>> snap = CentroidSnapshot(cluster=2, vector=[0.1], weight=1.0, label_terms=["a"],
+    ...                         model_version=3, emit_ts_ms=5)
+    >>> snaps, changes, bad = decode_histories(
+    ...     [TopicRecord(0, 0, 5, b"2", encode_record(snap)), TopicRecord(0, 1, 6, b"3", b"{oops")],
+    ...     [TopicRecord(0, 0, 7, b"u1", None)])
+    >>> [s.cluster for s in snaps], [(c.user_id, c.change) for c in changes], bad
+    ([2], [('u1', None)], 1)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from consumers.kafka_config import bootstrap_from_env
+from consumers.topic_reader import TopicRecord, read_topic
+from stream.cluster_view import UserRecord
+from stream.records import CentroidSnapshot, decode_centroid, decode_change
+
+DEFAULT_BOOTSTRAP = "localhost:9092"
+SERVICE_BOOTSTRAP_ENV = "INTEREST_STREAM_BOOTSTRAP_SERVERS"
+
+
+def resolve_bootstrap(option: str | None, environ: Mapping[str, str] | None = None) -> str:
+    """The bootstrap servers: the flag, else ``KAFKA_BOOTSTRAP_SERVERS``, else
+    ``INTEREST_STREAM_BOOTSTRAP_SERVERS``, else ``localhost:9092``.
+
+    >>> resolve_bootstrap(None, {"INTEREST_STREAM_BOOTSTRAP_SERVERS": "b:9092"})
+    'b:9092'
+    >>> resolve_bootstrap("a:1", {"KAFKA_BOOTSTRAP_SERVERS": "b:9092"})
+    'a:1'
+    """
+    env = os.environ if environ is None else environ
+    if option and option.strip():
+        return option.strip()
+    from_env = bootstrap_from_env(env) or bootstrap_from_env(
+        {"KAFKA_BOOTSTRAP_SERVERS": env.get(SERVICE_BOOTSTRAP_ENV, "")}
+    )
+    return from_env or DEFAULT_BOOTSTRAP
+
+
+def parse_kafka_options(pairs: Iterable[str]) -> dict[str, Any]:
+    """``key=value`` pairs to kafka-python settings (Java-style dotted names accepted).
+
+    >>> parse_kafka_options(["security.protocol=SASL_SSL", "request_timeout_ms=5000"])
+    {'security_protocol': 'SASL_SSL', 'request_timeout_ms': 5000}
+    """
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected key=value, got {pair!r}")
+        parsed: Any = value
+        if value.lstrip("-").isdigit():
+            parsed = int(value)
+        out[key.strip().replace(".", "_").replace("-", "_")] = parsed
+    return out
+
+
+def decode_histories(
+    centroid_records: Iterable[TopicRecord], assignment_records: Iterable[TopicRecord]
+) -> tuple[list[CentroidSnapshot], list[UserRecord], int]:
+    """Decode both histories; returns ``(snapshots, user records, number of undecodable records)``.
+
+    Centroid tombstones are skipped (a cluster is never deleted today); assignment tombstones
+    become ``UserRecord(user, None, ts)``.
+    """
+    bad = 0
+    snapshots: list[CentroidSnapshot] = []
+    for record in centroid_records:
+        if record.value is None:
+            continue
+        try:
+            snapshots.append(decode_centroid(record.value))
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            bad += 1
+    changes: list[UserRecord] = []
+    for record in assignment_records:
+        if record.key is None:
+            bad += 1
+            continue
+        user = record.key.decode("utf-8", errors="replace")
+        if record.value is None:
+            changes.append(UserRecord(user, None, record.timestamp_ms))
+            continue
+        try:
+            change = decode_change(record.value)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            bad += 1
+            continue
+        changes.append(UserRecord(user, change, record.timestamp_ms))
+    return snapshots, changes, bad
+
+
+@dataclass(frozen=True)
+class ClusterHistories:
+    """Decoded contents of the two topics, in log order."""
+
+    snapshots: list[CentroidSnapshot]
+    changes: list[UserRecord]
+    undecodable: int
+
+
+def load_histories(
+    bootstrap_servers: str,
+    centroids_topic: str,
+    assignments_topic: str,
+    *,
+    timeout_s: float = 30.0,
+    kafka_options: Mapping[str, Any] | None = None,
+) -> ClusterHistories:
+    """Read both topics to their current ends and decode them."""
+    centroids = read_topic(
+        bootstrap_servers, centroids_topic, timeout_s=timeout_s, kafka_options=kafka_options
+    )
+    assignments = read_topic(
+        bootstrap_servers, assignments_topic, timeout_s=timeout_s, kafka_options=kafka_options
+    )
+    snapshots, changes, bad = decode_histories(centroids.history, assignments.history)
+    return ClusterHistories(snapshots, changes, bad)

@@ -1,0 +1,101 @@
+"""``interest-stream run``: the streaming service (one consumer-group member).
+
+Settings come from flags, ``INTEREST_STREAM_*`` environment variables and an optional
+TOML file (``--config``), in that order of precedence; see :mod:`consumers.settings`.
+
+Example::
+
+    $ interest-stream run --bootstrap-servers 127.0.0.1:9092 --clusters 8 --metrics-port 9108
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+Opt = typer.Option
+
+
+def parse_kafka_options(pairs: list[str] | None) -> dict[str, str | int | bool] | None:
+    """``["security_protocol=SASL_SSL", "request_timeout_ms=30000"]`` → a dict with ints/bools converted."""
+    if not pairs:
+        return None
+    result: dict[str, str | int | bool] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise typer.BadParameter(f"--kafka-option wants KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        converted: str | int | bool = value
+        if value.lower() in ("true", "false"):
+            converted = value.lower() == "true"
+        elif value.lstrip("-").isdigit():
+            converted = int(value)
+        result[key.strip()] = converted
+    return result
+
+
+def run(
+    config: Annotated[Path | None, Opt("--config", "-c", help="TOML config file (top-level keys = setting names; [kafka] and [clustering] tables).", exists=True, dir_okay=False)] = None,
+    bootstrap_servers: Annotated[str | None, Opt(help="Kafka bootstrap servers host:port[,...] (env INTEREST_STREAM_BOOTSTRAP_SERVERS or KAFKA_BOOTSTRAP_SERVERS).")] = None,
+    group_id: Annotated[str | None, Opt(help="Consumer group id [default: interest-stream].")] = None,
+    events_topic: Annotated[str | None, Opt(help="Input events topic [default: events].")] = None,
+    assignments_topic: Annotated[str | None, Opt(help="Assignment-change output topic, compacted [default: assignments].")] = None,
+    centroids_topic: Annotated[str | None, Opt(help="Centroid snapshot topic, compacted [default: centroids].")] = None,
+    dead_letter_topic: Annotated[str | None, Opt(help="Dead-letter topic [default: dead-letters].")] = None,
+    items_topic: Annotated[str | None, Opt(help="Item catalog topic, compacted [default: items].")] = None,
+    events_partitions: Annotated[int | None, Opt(help="Partitions of the events topic if it is created [default: 6].")] = None,
+    clusters: Annotated[int | None, Opt("--clusters", "-k", help="Number of interest clusters [default: 8].")] = None,
+    half_life_s: Annotated[float | None, Opt(help="Half-life of user profiles, seconds of event time [default: 604800].")] = None,
+    kmeans_half_life: Annotated[float | None, Opt(help="Half-life of centroid statistics, in batches [default: 50].")] = None,
+    hysteresis: Annotated[float | None, Opt(help="Cosine margin a new cluster must win by before a change is published [default: 0.02].")] = None,
+    model: Annotated[str | None, Opt(help="Local sentence-transformers model directory [default: packaged all-MiniLM-L6-v2].")] = None,
+    device: Annotated[str | None, Opt(help="torch device, e.g. cpu or cuda [default: cuda when available].")] = None,
+    batch_max_events: Annotated[int | None, Opt(help="Largest micro-batch in records [default: 512].")] = None,
+    batch_max_wait_ms: Annotated[int | None, Opt(help="Longest wait for a batch to fill after its first record [default: 50].")] = None,
+    unknown_item_policy: Annotated[str | None, Opt(help="Events naming an unknown item: dead_letter or wait [default: dead_letter].")] = None,
+    state_dir: Annotated[str | None, Opt(help="Directory of this member's state checkpoint [default: ~/.local/state/interest-stream/<group-id>]; '' disables it.")] = None,
+    checkpoint_interval_s: Annotated[float | None, Opt(help="Seconds between periodic checkpoints; 0 = only at shutdown [default: 30].")] = None,
+    metrics_host: Annotated[str | None, Opt(help="Bind address of /metrics, /healthz, /readyz [default: 0.0.0.0].")] = None,
+    metrics_port: Annotated[int | None, Opt(help="Port of /metrics, /healthz, /readyz [default: 9108].")] = None,
+    kafka_option: Annotated[list[str] | None, Opt("--kafka-option", "-X", help="Extra kafka-python client setting KEY=VALUE (repeatable), e.g. -X security_protocol=SASL_SSL -X sasl_mechanism=SCRAM-SHA-512. Java-style dotted names work too.")] = None,
+    log_level: Annotated[str | None, Opt(help="DEBUG, INFO, WARNING or ERROR [default: INFO].")] = None,
+) -> None:
+    """Run the streaming clusterer: consume events, publish assignment changes, centroids and dead letters.
+
+    At-least-once: outputs are flushed before the batch's offsets are committed.
+    SIGTERM/SIGINT finish the current batch, commit and leave the group (exit 0).
+    Exit code 2: invalid settings or Kafka refused the credentials.
+    """
+    from pydantic import ValidationError
+
+    from consumers.settings import ServiceSettings
+
+    overrides = {
+        "bootstrap_servers": bootstrap_servers, "group_id": group_id, "events_topic": events_topic,
+        "assignments_topic": assignments_topic, "centroids_topic": centroids_topic,
+        "dead_letter_topic": dead_letter_topic, "items_topic": items_topic,
+        "events_partitions": events_partitions, "batch_max_events": batch_max_events,
+        "batch_max_wait_ms": batch_max_wait_ms, "unknown_item_policy": unknown_item_policy,
+        "state_dir": state_dir, "checkpoint_interval_s": checkpoint_interval_s,
+        "metrics_host": metrics_host, "metrics_port": metrics_port, "log_level": log_level,
+        "kafka": parse_kafka_options(kafka_option),
+        "clustering": {"n_clusters": clusters, "half_life_s": half_life_s, "kmeans_half_life": kmeans_half_life,
+                       "hysteresis": hysteresis, "model_path": model, "device": device},
+    }
+    try:
+        settings = ServiceSettings.load(config, overrides)
+    except (ValidationError, ValueError) as exc:
+        typer.echo(f"invalid settings: {exc}", err=True)
+        raise typer.Exit(2) from None
+    logging.basicConfig(
+        level=settings.log_level, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("kafka").setLevel(logging.WARNING if settings.log_level != "DEBUG" else logging.DEBUG)
+    from consumers.service import InterestService
+
+    raise typer.Exit(InterestService(settings).run())

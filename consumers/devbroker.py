@@ -1,0 +1,586 @@
+"""A real Apache Kafka broker for development and tests: KRaft, one node, jars from Maven Central.
+
+:class:`DevBroker` collects the broker's jars once (``mvn dependency:copy-dependencies`` on
+``deploy/kafka/pom.xml`` into ``${XDG_CACHE_HOME:-~/.cache}/interest-stream/kafka-<version>/lib``),
+renders ``deploy/kafka/server.properties.template`` with two free ports on 127.0.0.1 (PLAINTEXT for
+clients, CONTROLLER for KRaft), formats the storage and runs ``java -cp '<lib>/*' kafka.Kafka`` in its
+own process group. It is ready when a metadata request succeeds; it stops with SIGTERM (SIGKILL after
+a grace period) and removes its data directory unless asked to keep it. :meth:`DevBroker.restart`
+brings it back on the same ports and data, for fault tests.
+
+Example (needs Java 17+ and Maven; not run as a doctest)::
+
+    with DevBroker() as broker:
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers)
+        ...
+        broker.restart()          # same ports, same data
+
+Rendering the configuration needs neither Java nor Kafka:
+
+    >>> props = broker_properties(Path("/tmp/d/kraft"), broker_port=9092, controller_port=9093)
+    >>> props["listeners"]
+    'PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093'
+    >>> "process.roles=broker,controller" in render_server_properties(props)
+    True
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import contextlib
+import ctypes
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import string
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from consumers.kafka_config import bootstrap_from_env
+
+DEPLOY_DIR = Path(__file__).resolve().parents[1] / "deploy" / "kafka"
+POM = DEPLOY_DIR / "pom.xml"
+TEMPLATE = DEPLOY_DIR / "server.properties.template"
+LOG4J_CONFIG = DEPLOY_DIR / "log4j2.xml"
+
+HOST = "127.0.0.1"
+NODE_ID = 1
+DEFAULT_JVM_OPTS = ("-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+                    "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true")
+MARKER = ".complete"
+PR_SET_PDEATHSIG = 1
+
+
+class BrokerError(RuntimeError):
+    """The development broker could not be prepared, started or stopped."""
+
+
+# --------------------------------------------------------------------------------------------- paths
+
+
+def cache_home() -> Path:
+    """``${XDG_CACHE_HOME:-~/.cache}/interest-stream``: jar caches, shared by every checkout."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "interest-stream"
+
+
+def state_home() -> Path:
+    """``${XDG_STATE_HOME:-~/.local/state}/interest-stream``: the CLI broker's state and data."""
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "interest-stream"
+
+
+def state_file() -> Path:
+    """Where ``interest-stream broker start`` records the broker it started (JSON)."""
+    return state_home() / "broker.json"
+
+
+def kafka_version(pom: Path = POM) -> str:
+    """The Kafka version pinned in the pom (its ``<kafka.version>`` property)."""
+    match = re.search(r"<kafka\.version>\s*([^<\s]+)\s*</kafka\.version>", pom.read_text())
+    if not match:
+        raise BrokerError(f"no <kafka.version> property in {pom}")
+    return match.group(1)
+
+
+# ---------------------------------------------------------------------------------------------- jars
+
+
+def ensure_jars(pom: Path = POM, cache_root: Path | None = None, *, quiet: bool = True) -> Path:
+    """Return the directory holding the broker's jars, running Maven first unless they are cached.
+
+    The cache (``<cache_root>/kafka-<version>/lib``) is valid when its marker file holds the sha256 of
+    the pom. A file lock keeps concurrent first runs from downloading into the same place; the jars
+    are copied into a fresh directory and renamed into place, so a half-done copy is never used.
+    """
+    version = kafka_version(pom)
+    root = (cache_root or cache_home()) / f"kafka-{version}"
+    lib = root / "lib"
+    digest = hashlib.sha256(pom.read_bytes()).hexdigest()
+    if _cache_valid(lib, digest):
+        return lib
+    if shutil.which("mvn") is None:
+        raise BrokerError("Maven (mvn) is needed once to fetch the Kafka broker jars; install it")
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _cache_valid(lib, digest):
+            return lib
+        staging = Path(tempfile.mkdtemp(prefix="lib.", dir=root))
+        cmd = ["mvn", "-B", "-f", str(pom), "dependency:copy-dependencies", f"-DoutputDirectory={staging}"]
+        if quiet:
+            cmd.insert(1, "-q")
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise BrokerError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{_tail(proc.stdout + proc.stderr)}")
+        (staging / MARKER).write_text(digest + "\n")
+        if lib.exists():
+            shutil.rmtree(lib)
+        staging.rename(lib)
+    return lib
+
+
+def _cache_valid(lib: Path, digest: str) -> bool:
+    marker = lib / MARKER
+    return marker.is_file() and marker.read_text().strip() == digest and any(lib.glob("kafka_2.13-*.jar"))
+
+
+# ------------------------------------------------------------------------------------ configuration
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One broker listener: ``NAME://host:port`` speaking ``protocol`` (PLAINTEXT, SASL_PLAINTEXT, ...)."""
+
+    name: str
+    port: int
+    protocol: str = "PLAINTEXT"
+    host: str = HOST
+    advertised: bool = True
+
+    @property
+    def url(self) -> str:
+        return f"{self.name}://{self.host}:{self.port}"
+
+
+def free_port(host: str = HOST, exclude: set[int] | frozenset[int] = frozenset()) -> int:
+    """A TCP port on ``host`` that nothing listens on right now (the OS picks it), not in ``exclude``.
+
+    >>> a = free_port(); b = free_port(exclude={a})
+    >>> a != b and 1024 <= a < 65536
+    True
+    """
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+        if port not in exclude:
+            return port
+
+
+def broker_properties(log_dir: Path, *, broker_port: int, controller_port: int,
+                      extra_listeners: tuple[Listener, ...] = (), num_partitions: int = 3,
+                      internal_topic_partitions: int = 8, node_id: int = NODE_ID) -> dict[str, str]:
+    """The template's substitutions for a one-node KRaft broker; add listeners with ``extra_listeners``."""
+    listeners = (Listener("PLAINTEXT", broker_port), Listener("CONTROLLER", controller_port, advertised=False),
+                 *extra_listeners)
+    names = [lst.name for lst in listeners]
+    if len(set(names)) != len(names) or len({lst.port for lst in listeners}) != len(listeners):
+        raise BrokerError(f"listener names and ports must be distinct: {listeners}")
+    return {
+        "node_id": str(node_id),
+        "controller_quorum_voters": f"{node_id}@{HOST}:{controller_port}",
+        "listeners": ",".join(lst.url for lst in listeners),
+        "advertised_listeners": ",".join(lst.url for lst in listeners if lst.advertised),
+        "listener_security_protocol_map": ",".join(f"{lst.name}:{lst.protocol}" for lst in listeners),
+        "log_dirs": str(log_dir),
+        "num_partitions": str(num_partitions),
+        "internal_topic_partitions": str(internal_topic_partitions),
+    }
+
+
+def render_server_properties(values: Mapping[str, str], extra: Mapping[str, str] | None = None,
+                             template: Path = TEMPLATE) -> str:
+    """Fill the template; then each ``extra`` key replaces its line, or is appended if the template lacks it.
+
+    >>> v = broker_properties(Path("/d"), broker_port=1111, controller_port=2222)
+    >>> text = render_server_properties(v, {"num.io.threads": "8", "sasl.enabled.mechanisms": "SCRAM-SHA-256"})
+    >>> [ln for ln in text.splitlines() if ln.startswith(("num.io", "sasl", "controller.quorum"))]
+    ['controller.quorum.voters=1@127.0.0.1:2222', 'num.io.threads=8', 'sasl.enabled.mechanisms=SCRAM-SHA-256']
+    """
+    text = string.Template(template.read_text()).substitute(values)
+    extra = dict(extra or {})
+    lines = []
+    for line in text.splitlines():
+        key = line.split("=", 1)[0].strip()
+        if not line.lstrip().startswith("#") and "=" in line and key in extra:
+            line = f"{key}={extra.pop(key)}"
+        lines.append(line)
+    if extra:
+        lines += ["", "# extra", *(f"{k}={v}" for k, v in extra.items())]
+    return "\n".join(lines) + "\n"
+
+
+def new_cluster_id() -> str:
+    """A KRaft cluster id as ``kafka-storage random-uuid`` makes it: URL-safe base64 of a random UUID.
+
+    >>> cid = new_cluster_id(); len(cid), cid[0] != "-"
+    (22, True)
+    """
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):  # Kafka avoids these too: they look like command-line flags
+            return cid
+
+
+# ------------------------------------------------------------------------------------------- broker
+
+
+class DevBroker:
+    """One KRaft broker+controller JVM on 127.0.0.1, with its own data directory.
+
+    ``data_dir`` defaults to a new temporary directory. Ports default to free ones chosen at the first
+    :meth:`start` and are kept for :meth:`restart`. ``detach=True`` (the CLI) lets the JVM outlive this
+    Python process; otherwise it is stopped when this process exits, even if it is killed.
+    """
+
+    def __init__(self, data_dir: Path | str | None = None, *, broker_port: int = 0, controller_port: int = 0,
+                 extra_listeners: tuple[Listener, ...] = (), extra_properties: Mapping[str, str] | None = None,
+                 jvm_opts: tuple[str, ...] = DEFAULT_JVM_OPTS, startup_timeout: float = 90.0,
+                 keep_data: bool = False, detach: bool = False, pom: Path = POM,
+                 cache_root: Path | None = None, java: str | None = None) -> None:
+        self._owns_dir = data_dir is None
+        self.data_dir = Path(data_dir) if data_dir is not None else None
+        self.broker_port = broker_port
+        self.controller_port = controller_port
+        self.extra_listeners = extra_listeners
+        self.extra_properties = dict(extra_properties or {})
+        self.jvm_opts = tuple(jvm_opts)
+        self.startup_timeout = startup_timeout
+        self.keep_data = keep_data
+        self.detach = detach
+        self.pom = pom
+        self.cache_root = cache_root
+        self.java = java or _find_java()
+        self.version = kafka_version(pom)
+        self.cluster_id: str | None = None
+        self.pid: int | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.last_start_seconds: float | None = None
+        self._atexit_registered = False
+
+    # -- paths
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{HOST}:{self.broker_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self._dir / "broker.log"
+
+    @property
+    def properties_path(self) -> Path:
+        return self._dir / "server.properties"
+
+    @property
+    def _dir(self) -> Path:
+        if self.data_dir is None:
+            raise BrokerError("the broker has no data directory yet: start it first")
+        return self.data_dir
+
+    # -- lifecycle
+    def start(self) -> DevBroker:
+        """Start the broker and block until it answers a metadata request; return self."""
+        if self.is_alive():
+            return self
+        began = time.monotonic()
+        lib = ensure_jars(self.pom, self.cache_root)
+        fresh_temp_dir = self.data_dir is None
+        if fresh_temp_dir:
+            self.data_dir = Path(tempfile.mkdtemp(prefix="interest-stream-kafka-"))
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._start_in(lib)
+        except BaseException:
+            self._kill()
+            if fresh_temp_dir and not self.keep_data:  # the error carries the log's tail
+                shutil.rmtree(self.data_dir, ignore_errors=True)
+                self.data_dir = None
+            raise
+        self.last_start_seconds = time.monotonic() - began
+        return self
+
+    def _start_in(self, lib: Path) -> None:
+        chosen = (not self.broker_port, not self.controller_port)  # ports we may pick again
+        for attempt in range(3):
+            self._choose_ports()
+            self._write_config()
+            self._format(lib)
+            self._launch(lib)
+            try:
+                self._wait_ready()
+                return
+            except BrokerError as exc:
+                self._kill()
+                if not any(chosen) or attempt == 2 or "Address already in use" not in str(exc):
+                    raise
+                # someone took a port we picked before the JVM bound it: pick again
+                self.broker_port = 0 if chosen[0] else self.broker_port
+                self.controller_port = 0 if chosen[1] else self.controller_port
+
+    def stop(self, keep_data: bool | None = None, timeout: float = 30.0) -> None:
+        """SIGTERM the broker's process group, SIGKILL after ``timeout`` s; remove the data unless kept."""
+        self._terminate(timeout)
+        keep = self.keep_data if keep_data is None else keep_data
+        if not keep and self.data_dir is not None and self.data_dir.exists():
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def restart(self, keep_data: bool = True, down_seconds: float = 0.0) -> DevBroker:
+        """Stop and start again on the same ports (and, by default, the same data: nothing is lost)."""
+        self._terminate(30.0)
+        if not keep_data and self.data_dir is not None:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            self.cluster_id = None
+        if down_seconds:
+            time.sleep(down_seconds)
+        ports = (self.broker_port, self.controller_port)
+        self.start()
+        if (self.broker_port, self.controller_port) != ports:
+            raise BrokerError(f"restart moved the broker from ports {ports}")
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the broker (a crash, for fault tests); the data directory stays."""
+        self._kill()
+
+    def is_alive(self) -> bool:
+        if self._proc is not None:
+            return self._proc.poll() is None
+        return self.pid is not None and _pid_is_broker(self.pid, self.properties_path)
+
+    def status(self) -> dict[str, Any]:
+        """What the CLI shows and stores: pid, ports, bootstrap, data dir, version, alive."""
+        return {
+            "pid": self.pid,
+            "alive": self.is_alive(),
+            "bootstrap_servers": self.bootstrap_servers,
+            "broker_port": self.broker_port,
+            "controller_port": self.controller_port,
+            "data_dir": str(self.data_dir) if self.data_dir else None,
+            "log": str(self.log_path) if self.data_dir else None,
+            "cluster_id": self.cluster_id,
+            "kafka_version": self.version,
+        }
+
+    @classmethod
+    def from_status(cls, state: Mapping[str, Any], **kwargs: Any) -> DevBroker:
+        """A handle on a broker another process started (the CLI's state file)."""
+        broker = cls(state["data_dir"], broker_port=int(state["broker_port"]),
+                     controller_port=int(state["controller_port"]), detach=True, **kwargs)
+        broker.pid = state.get("pid")
+        broker.cluster_id = state.get("cluster_id")
+        return broker
+
+    def __enter__(self) -> DevBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"DevBroker({self.bootstrap_servers}, pid={self.pid}, data_dir={self.data_dir})"
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return _tail(self.log_path.read_text(errors="replace"), lines)
+        except OSError:
+            return "(no broker log)"
+
+    # -- internals
+    def _choose_ports(self) -> None:
+        taken = {lst.port for lst in self.extra_listeners}
+        if not self.broker_port:
+            self.broker_port = free_port(exclude=taken)
+        taken.add(self.broker_port)
+        if not self.controller_port:
+            self.controller_port = free_port(exclude=taken)
+
+    def _write_config(self) -> None:
+        values = broker_properties(self._dir / "kraft", broker_port=self.broker_port,
+                                   controller_port=self.controller_port, extra_listeners=self.extra_listeners)
+        self.properties_path.write_text(render_server_properties(values, self.extra_properties))
+
+    def _format(self, lib: Path) -> None:
+        meta = self._dir / "kraft" / "meta.properties"
+        if meta.exists():  # formatted before: keep the data (restart, or a kept data dir)
+            match = re.search(r"^cluster\.id=(\S+)", meta.read_text(), re.M)
+            self.cluster_id = match.group(1) if match else self.cluster_id
+            return
+        self.cluster_id = self.cluster_id or new_cluster_id()
+        cmd = [self.java, "-Xmx256m", "-XX:TieredStopAtLevel=1", *self._jvm_base(lib), "kafka.tools.StorageTool", "format",
+               "-t", self.cluster_id, "-c", str(self.properties_path)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            raise BrokerError(f"formatting KRaft storage failed:\n{_tail(proc.stdout + proc.stderr)}")
+
+    def _jvm_base(self, lib: Path) -> list[str]:
+        return ["-cp", f"{lib}/*", f"-Dlog4j2.configurationFile={LOG4J_CONFIG}"]
+
+    def _launch(self, lib: Path) -> None:
+        cmd = [self.java, *self.jvm_opts, *self._jvm_base(lib), "kafka.Kafka", str(self.properties_path)]
+        log = open(self.log_path, "ab")
+        try:
+            self._proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self._dir,
+                start_new_session=True, preexec_fn=None if self.detach else _die_with_parent)
+        finally:
+            log.close()
+        self.pid = self._proc.pid
+        if not self.detach and not self._atexit_registered:
+            atexit.register(self._stop_at_exit)
+            self._atexit_registered = True
+
+    def _stop_at_exit(self) -> None:
+        if self.is_alive():
+            self.stop()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        last_error = "no answer yet"
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                raise BrokerError(f"the Kafka broker exited with {self._proc.returncode} while starting; "
+                                  f"last lines of {self.log_path}:\n{self.log_tail()}")
+            if _port_open(HOST, self.broker_port):
+                try:
+                    probe_metadata(self.bootstrap_servers, timeout=5.0)
+                    return
+                except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
+                    last_error = f"{type(exc).__name__}: {exc}"
+            time.sleep(0.2)
+        self._kill()
+        raise BrokerError(f"the Kafka broker did not answer within {self.startup_timeout:.0f} s "
+                          f"({last_error}); last lines of {self.log_path}:\n{self.log_tail()}")
+
+    def _terminate(self, timeout: float) -> None:
+        if self.pid is None or not self.is_alive():
+            self._reap()
+            return
+        _signal_group(self.pid, signal.SIGTERM)
+        if not self._wait_gone(timeout):
+            _signal_group(self.pid, signal.SIGKILL)
+            self._wait_gone(10.0)
+        self._reap()
+
+    def _kill(self) -> None:
+        if self.pid is not None and self.is_alive():
+            _signal_group(self.pid, signal.SIGKILL)
+            self._wait_gone(10.0)
+        self._reap()
+
+    def _wait_gone(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.is_alive():
+                return True
+            time.sleep(0.05)
+        return not self.is_alive()
+
+    def _reap(self) -> None:
+        if self._proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=5)
+        self._proc = None
+        self.pid = None
+
+
+def probe_metadata(bootstrap_servers: str, timeout: float = 5.0) -> dict[str, Any]:
+    """One metadata round trip (``describe_cluster``); raises unless a broker is registered."""
+    from kafka import KafkaAdminClient
+
+    ms = int(timeout * 1000)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="devbroker-probe",
+                             bootstrap_timeout_ms=ms, request_timeout_ms=ms)
+    try:
+        cluster = admin.describe_cluster()
+    finally:
+        admin.close()
+    if not cluster.get("brokers"):
+        raise BrokerError(f"no broker registered yet: {cluster}")
+    return cluster
+
+
+# ------------------------------------------------------------------------------- CLI state and reuse
+
+
+def load_state() -> DevBroker | None:
+    """The broker recorded by ``interest-stream broker start``, if its state file exists."""
+    path = state_file()
+    if not path.is_file():
+        return None
+    return DevBroker.from_status(json.loads(path.read_text()))
+
+
+def save_state(broker: DevBroker) -> Path:
+    path = state_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(broker.status(), indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def clear_state() -> None:
+    state_file().unlink(missing_ok=True)
+
+
+def bootstrap_servers_or_start(**broker_kwargs: Any) -> tuple[str, DevBroker | None]:
+    """Bootstrap servers to use, starting a broker only when there is none.
+
+    Order: ``KAFKA_BOOTSTRAP_SERVERS``; then a live broker started by ``interest-stream broker start``;
+    else a new :class:`DevBroker`, returned too so the caller stops it (the others are not the caller's).
+    """
+    env = bootstrap_from_env()
+    if env:
+        return env, None
+    cli = load_state()
+    if cli is not None and cli.is_alive():
+        return cli.bootstrap_servers, None
+    broker = DevBroker(**broker_kwargs).start()
+    return broker.bootstrap_servers, broker
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _find_java() -> str:
+    home = os.environ.get("JAVA_HOME")
+    if home and (Path(home) / "bin" / "java").exists():
+        return str(Path(home) / "bin" / "java")
+    java = shutil.which("java")
+    if java is None:
+        raise BrokerError("Java 17+ is needed to run the Kafka broker; install it or set JAVA_HOME")
+    return java
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)  # the broker leads its own session, so its group id is its pid
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+def _pid_is_broker(pid: int, properties: Path) -> bool:
+    """Is ``pid`` a live (not zombie) ``kafka.Kafka`` JVM on ``properties``? Guards against pid reuse."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z" and b"kafka.Kafka" in cmdline and str(properties).encode() in cmdline
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _tail(text: str, lines: int = 40) -> str:
+    return "\n".join(text.splitlines()[-lines:])

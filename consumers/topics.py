@@ -1,0 +1,139 @@
+"""The service's topics: what they must look like, creating the missing ones, checking the rest.
+
+Output topics keyed by an entity (assignments by user, centroids by cluster, the item
+catalog by item) are compacted: a reader rebuilds the latest state from them. The
+events and dead-letter topics keep a time-bounded history (``delete``).
+
+Missing topics are created through the admin client; an existing topic whose
+``cleanup.policy`` differs from what the service needs stops start-up with a message
+that says how to fix it. A partition count other than the configured one is only
+logged: the consumer group spreads over whatever partitions the topic has.
+
+Example:
+
+>>> specs = topic_specs_from(events="ev", assignments="as", centroids="ce",
+...                          dead_letters="dl", items="it", partitions={"events": 6})
+>>> [(s.name, s.cleanup_policy) for s in specs]
+[('ev', 'delete'), ('as', 'compact'), ('ce', 'compact'), ('dl', 'delete'), ('it', 'compact')]
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+
+class TopicMismatchError(RuntimeError):
+    """An existing topic does not have the configuration the service needs."""
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """What one topic must look like."""
+
+    role: str
+    name: str
+    partitions: int
+    cleanup_policy: str
+    replication_factor: int = 1
+    configs: dict[str, str] = field(default_factory=dict)
+
+    def create_request(self) -> dict:
+        """The kafka-python ``create_topics`` request entry for this topic."""
+        return {
+            "num_partitions": self.partitions,
+            "replication_factor": self.replication_factor,
+            "configs": {"cleanup.policy": self.cleanup_policy, **self.configs},
+        }
+
+
+def topic_specs_from(
+    *,
+    events: str,
+    assignments: str,
+    centroids: str,
+    dead_letters: str,
+    items: str,
+    partitions: dict[str, int] | None = None,
+    replication_factor: int = 1,
+) -> list[TopicSpec]:
+    """The five topics of the service, by role."""
+    parts = {"events": 6, "assignments": 6, "centroids": 1, "dead_letters": 3, "items": 3, **(partitions or {})}
+    compact_tuning = {"min.cleanable.dirty.ratio": "0.1", "segment.ms": "3600000"}
+    return [
+        TopicSpec("events", events, parts["events"], "delete", replication_factor),
+        TopicSpec("assignments", assignments, parts["assignments"], "compact", replication_factor,
+                  configs=compact_tuning),
+        TopicSpec("centroids", centroids, parts["centroids"], "compact", replication_factor, configs=compact_tuning),
+        TopicSpec("dead_letters", dead_letters, parts["dead_letters"], "delete", replication_factor),
+        TopicSpec("items", items, parts["items"], "compact", replication_factor, configs=compact_tuning),
+    ]
+
+
+def _cleanup_policies(admin, names: list[str]) -> dict[str, str]:
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    result = admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, n, ["cleanup.policy"]) for n in names], config_filter="all"
+    )
+    policies: dict[str, str] = {}
+    topics = result.get("topic") or result.get("TOPIC") or {}
+    for name, configs in topics.items():
+        entry = configs.get("cleanup.policy")
+        value = entry.get("value") if isinstance(entry, dict) else entry
+        policies[name] = str(value) if value is not None else "delete"
+    return policies
+
+
+def ensure_topics(admin, specs: list[TopicSpec], *, create: bool = True) -> list[str]:
+    """Create the missing topics and check the existing ones; return the names created.
+
+    Raises :class:`TopicMismatchError` when an existing topic's cleanup policy or
+    partition count is wrong, or a topic is missing and ``create`` is False.
+    """
+    from kafka.errors import TopicAlreadyExistsError
+
+    existing = set(admin.list_topics())
+    missing = [s for s in specs if s.name not in existing]
+    if missing and not create:
+        raise TopicMismatchError(
+            "missing topics: " + ", ".join(f"{s.name} ({s.role})" for s in missing)
+            + " — create them or run with topic creation enabled"
+        )
+    created: list[str] = []
+    for spec in missing:
+        try:
+            admin.create_topics({spec.name: spec.create_request()}, wait_for_metadata=True)
+            created.append(spec.name)
+            log.info("created topic %s (%s, %d partitions, cleanup.policy=%s)",
+                     spec.name, spec.role, spec.partitions, spec.cleanup_policy)
+        except TopicAlreadyExistsError:
+            pass  # another member created it meanwhile; checked below
+    present = [s for s in specs if s.name not in created]
+    if present:
+        _check_existing(admin, present)
+    return created
+
+
+def _check_existing(admin, specs: list[TopicSpec]) -> None:
+    described = {t["name"]: t for t in admin.describe_topics([s.name for s in specs])}
+    policies = _cleanup_policies(admin, [s.name for s in specs])
+    problems: list[str] = []
+    for spec in specs:
+        policy = policies.get(spec.name, "delete")
+        have = set(policy.split(","))
+        if spec.cleanup_policy == "compact" and "compact" not in have:
+            problems.append(
+                f"topic {spec.name!r} ({spec.role}) has cleanup.policy={policy}, needs compact: "
+                f"kafka-configs --alter --entity-type topics --entity-name {spec.name} --add-config cleanup.policy=compact"
+            )
+        elif spec.cleanup_policy == "delete" and "compact" in have and "delete" not in have:
+            problems.append(f"topic {spec.name!r} ({spec.role}) is compacted, but needs cleanup.policy=delete")
+        n_parts = len(described.get(spec.name, {}).get("partitions") or [])
+        if n_parts != spec.partitions:
+            log.warning("topic %s (%s) has %d partitions; settings say %d (kept as it is)",
+                        spec.name, spec.role, n_parts, spec.partitions)
+    if problems:
+        raise TopicMismatchError("; ".join(problems))

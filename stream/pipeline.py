@@ -1,0 +1,178 @@
+"""The single-process pipeline: worker and trainer stages wired together in memory.
+
+:meth:`Pipeline.process_batch` runs one micro-batch through
+``worker.prepare -> trainer.apply -> worker.finish`` and returns everything to
+publish (:class:`BatchResult`). Both the offline ``interest-stream replay`` command
+and the Kafka service call exactly this; only their sources and sinks differ.
+
+:meth:`Pipeline.from_settings` builds every part from
+:class:`~stream.settings.ClusteringSettings` and loads the sentence encoder; pass
+``encoder=`` to use another one (tests use a fake, deterministic encoder).
+
+Example:
+
+>>> import numpy as np
+>>> class AxisEncoder:  # "ball i" -> near the x axis, anything else -> near the y axis
+...     dim = 2
+...     def encode(self, texts):
+...         def vec(t):
+...             i = 0.01 * int(t.split()[-1])
+...             return [1.0, i] if t.startswith("ball") else [i, 1.0]
+...         return np.array([vec(t) for t in texts], np.float32)
+>>> from stream.settings import ClusteringSettings
+>>> pipe = Pipeline.from_settings(ClusteringSettings(n_clusters=2), encoder=AxisEncoder())
+>>> batch = [SourceRecord(f'{{"user_id": "u{i}", "ts": {i}, "text": "{t} {i}"}}'.encode(), None, None)
+...          for i, t in enumerate(["ball", "stocks"] * 4)]
+>>> result = pipe.process_batch(batch, now_ms=100)
+>>> len(result.changes), result.version, len(result.snapshots), result.dead_letters
+(8, 1, 2, [])
+>>> clusters = {c.user_id: c.cluster for c in result.changes}
+>>> clusters["u0"] == clusters["u2"] != clusters["u1"] == clusters["u3"]
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from stream.assignments import AssignmentTracker
+from stream.catalog import ItemCatalog
+from stream.embedder import EmbeddingCache, Encoder, EventEmbedder
+from stream.events import Rejection
+from stream.kmeans import MiniBatchKMeans
+from stream.labels import ClusterLabeler
+from stream.profiles import ProfileStore
+from stream.records import AssignmentChange, CentroidSnapshot
+from stream.settings import ClusteringSettings
+from stream.trainer import TrainerStage
+from stream.worker import SourceRecord, WorkerStage
+
+__all__ = ["BatchResult", "Pipeline", "SourceRecord"]
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """Everything one micro-batch produced.
+
+    Publish ``changes`` and ``tombstones`` on the assignments topic (they never name the
+    same user, so their order does not matter), ``snapshots`` on the centroids topic and
+    ``dead_letters`` (the source record and why) on the dead-letter topic.
+    """
+
+    changes: list[AssignmentChange]
+    tombstones: list[str]
+    snapshots: list[CentroidSnapshot]
+    dead_letters: list[tuple[SourceRecord, Rejection]]
+    n_events: int
+    n_applied: int
+    n_forgotten: int
+    n_rechecked: int
+    embed_seconds: float
+    applied_ts_ms: np.ndarray
+    version: int
+    movement: np.ndarray | None
+    reseeded: list[int] = field(default_factory=list)
+
+
+class Pipeline:
+    """Worker + trainer in one process (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: ClusteringSettings,
+        encoder: Encoder,
+        catalog: ItemCatalog | None = None,
+    ) -> None:
+        s = settings
+        self.settings = s
+        self.encoder = encoder
+        self.catalog = catalog if catalog is not None else ItemCatalog()
+        self.cache = EmbeddingCache(s.cache_size)
+        self.embedder = EventEmbedder(encoder, self.cache, self.catalog)
+        self.profiles = ProfileStore(int(encoder.dim), s.half_life_s)
+        self.model = MiniBatchKMeans(
+            n_clusters=s.n_clusters, half_life=s.kmeans_half_life, time_unit=s.kmeans_time_unit, seed=s.seed
+        )
+        self.tracker = AssignmentTracker(hysteresis=s.hysteresis, top_k=s.top_k)
+        self.labeler = ClusterLabeler(
+            s.n_clusters, half_life=s.label_half_life, max_vocab=s.label_max_vocab, top_n=s.label_top_n
+        )
+        self.worker = WorkerStage(s, self.embedder, self.profiles, self.tracker, labeler=self.labeler)
+        self.trainer = TrainerStage(
+            self.model, self.labeler, snapshot_every=s.snapshot_every, snapshot_min_movement=s.snapshot_min_movement
+        )
+        #: The largest event time applied so far (epoch ms; 0 before any event).
+        self.event_clock_ms = 0
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: ClusteringSettings,
+        encoder: Encoder | None = None,
+        catalog: ItemCatalog | None = None,
+    ) -> Pipeline:
+        """Build a pipeline; loads the sentence-transformers model unless ``encoder`` is given."""
+        if encoder is None:
+            from stream.embedder import SentenceEmbedder
+
+            encoder = SentenceEmbedder(
+                settings.model_path,
+                device=settings.device,
+                batch_size=settings.encode_batch_size,
+                max_seq_length=settings.max_seq_length,
+            )
+        return cls(settings, encoder, catalog)
+
+    @property
+    def counters(self):
+        """The worker's running :class:`~stream.worker.WorkerCounters`."""
+        return self.worker.counters
+
+    def counters_snapshot(self) -> dict[str, Any]:
+        """Worker counters plus model/user gauges, as a flat dict (for metrics and summaries)."""
+        out = self.worker.counters.as_dict()
+        out.update(
+            users=len(self.profiles),
+            model_version=self.model.version,
+            cache_size=len(self.cache),
+            snapshots_published=self.trainer.snapshots_published,
+        )
+        return out
+
+    def process_batch(self, records: Sequence[SourceRecord], now_ms: int | None = None) -> BatchResult:
+        """One micro-batch: prepare (worker) -> apply (trainer) -> finish (worker).
+
+        ``now_ms`` is the emission time written into the records; ``None`` uses the event
+        clock (:attr:`event_clock_ms`, the largest event time applied so far), which makes
+        offline replays reproducible.
+        """
+        prepared = self.worker.prepare(records, self.model)
+        if prepared.applied_ts_ms.shape[0]:
+            self.event_clock_ms = max(self.event_clock_ms, int(prepared.applied_ts_ms.max()))
+        if now_ms is None:
+            now_ms = self.event_clock_ms
+        trained = self.trainer.apply(prepared.stats, prepared.label_stats, now_ms)
+        out = self.worker.finish(prepared, self.model, now_ms, movement=trained.movement)
+        return BatchResult(
+            changes=out.changes,
+            tombstones=out.tombstones,
+            snapshots=trained.snapshots,
+            dead_letters=out.dead_letters,
+            n_events=out.n_events,
+            n_applied=out.n_applied,
+            n_forgotten=out.n_forgotten,
+            n_rechecked=out.n_rechecked,
+            embed_seconds=out.embed_seconds,
+            applied_ts_ms=out.applied_ts_ms,
+            version=trained.version,
+            movement=trained.movement,
+            reseeded=trained.reseeded,
+        )
+
+    def snapshot(self, now_ms: int) -> list[CentroidSnapshot]:
+        """A full centroid snapshot now (e.g. the final state written by ``replay --centroids``)."""
+        return self.trainer.snapshot(now_ms)

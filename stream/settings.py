@@ -1,0 +1,117 @@
+"""Clustering settings: one validated pydantic model for every knob of the pipeline.
+
+:class:`ClusteringSettings` is what the offline ``replay`` command builds from its
+options and what the Kafka service embeds in its own settings. Every field is
+documented and validated (positive sizes, ranges), so a bad configuration fails at
+start-up with a clear message rather than mid-stream.
+
+Example:
+
+>>> s = ClusteringSettings(n_clusters=4, hysteresis=0.05)
+>>> s.n_clusters, s.type_weight("purchase"), s.type_weight("some-new-type")
+(4, 5.0, 1.0)
+>>> ClusteringSettings(n_clusters=0)
+Traceback (most recent call last):
+...
+pydantic_core._pydantic_core.ValidationError: 1 validation error for ClusteringSettings
+n_clusters
+  Input should be greater than or equal to 1 [type=greater_than_equal, input_value=0, input_type=int]
+...
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = ["ClusteringSettings", "DEFAULT_TYPE_WEIGHTS"]
+
+#: How much one event of each type pulls a user's profile; unknown types weigh 1.0.
+DEFAULT_TYPE_WEIGHTS: dict[str, float] = {
+    "view": 1.0,
+    "click": 2.0,
+    "like": 3.0,
+    "purchase": 5.0,
+    "search": 1.5,
+    "post": 4.0,
+}
+
+
+class ClusteringSettings(BaseModel):
+    """Settings of the clustering pipeline (embedder, profiles, k-means, assignments, labels)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # --- clusters and model -------------------------------------------------------------
+    n_clusters: int = Field(8, ge=1, le=4096, description="Number of interest clusters (k).")
+    seed: int = Field(42, description="Seed of the k-means initialisation and reseeding.")
+    kmeans_half_life: float = Field(
+        50.0, gt=0, description="Half-life of the centroid statistics, in `kmeans_time_unit` units."
+    )
+    kmeans_time_unit: Literal["batches", "points"] = Field(
+        "batches", description="What the k-means half-life counts: micro-batches or points (user updates)."
+    )
+
+    # --- profiles -----------------------------------------------------------------------
+    half_life_s: float = Field(
+        7 * 24 * 3600.0, gt=0, description="Half-life of a user's interest profile, in seconds of event time."
+    )
+    type_weights: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_TYPE_WEIGHTS),
+        description="Weight of one event per event type; types not listed weigh `default_type_weight`.",
+    )
+    default_type_weight: float = Field(1.0, ge=0, description="Weight of an event whose type is not listed.")
+
+    # --- assignments --------------------------------------------------------------------
+    hysteresis: float = Field(
+        0.02,
+        ge=0,
+        le=2,
+        description="A user moves to a new cluster only when it beats the current one by this cosine margin.",
+    )
+    top_k: int = Field(3, ge=1, description="Clusters listed (with scores) in each assignment-change record.")
+    recheck_budget: int = Field(
+        256,
+        ge=0,
+        description="Per batch, at most this many untouched users of clusters that moved are re-assessed.",
+    )
+
+    # --- embedder -----------------------------------------------------------------------
+    model_path: str | None = Field(
+        None,
+        description="Local sentence-transformers model directory; default: the packaged all-MiniLM-L6-v2.",
+    )
+    device: str | None = Field(None, description="torch device (cpu, cuda, cuda:1, mps); default: cuda if available.")
+    encode_batch_size: int = Field(64, ge=1, le=8192, description="Texts per forward pass of the encoder.")
+    max_seq_length: int | None = Field(
+        None, ge=8, description="Token window of the encoder; default: the model's own (256 for MiniLM)."
+    )
+    cache_size: int = Field(100_000, ge=0, description="Embeddings kept in the LRU cache (0 disables it).")
+
+    # --- labels -------------------------------------------------------------------------
+    label_top_n: int = Field(5, ge=1, description="Label terms kept per cluster.")
+    label_max_vocab: int = Field(20_000, ge=10, description="Distinct terms tracked by the cluster labeler.")
+    label_half_life: float = Field(50.0, gt=0, description="Half-life of label term counts, in batches.")
+
+    # --- centroid snapshots -------------------------------------------------------------
+    snapshot_every: int = Field(
+        10, ge=1, description="Publish centroid snapshots at least every this many model updates."
+    )
+    snapshot_min_movement: float = Field(
+        0.01, ge=0, description="Publish snapshots early when a centroid moved at least this cosine distance."
+    )
+
+    @field_validator("type_weights")
+    @classmethod
+    def _weights_non_negative(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in value.items() if not v >= 0}
+        if bad:
+            raise ValueError(f"type weights must be >= 0, got {bad}")
+        return value
+
+    def type_weight(self, event_type: str | None) -> float:
+        """Weight of one event of ``event_type``."""
+        if event_type is None:
+            return self.default_type_weight
+        return self.type_weights.get(event_type, self.default_type_weight)

@@ -1,0 +1,254 @@
+"""The streaming service on the real broker: outputs, replay agreement, dead letters, metrics,
+forget, and a graceful stop that loses nothing.
+
+Each test runs ``interest-stream run`` as a child process on its own topics and group.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+
+import numpy as np
+import pytest
+from service_harness import (
+    CLI,
+    REPO,
+    ServiceProcess,
+    Topics,
+    committed_offsets,
+    end_offsets,
+    latest_assignments,
+    read_all,
+    send,
+    wait_for,
+)
+from sklearn.metrics import normalized_mutual_info_score
+
+from stream.corpora import demo_corpus
+from stream.simulation import simulate
+
+pytestmark = pytest.mark.integration
+
+
+def _create(bootstrap: str, topics: Topics, events_partitions: int) -> None:
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics({topics.events: {"num_partitions": events_partitions, "replication_factor": 1},
+                         topics.items: {"num_partitions": 1, "replication_factor": 1,
+                                        "configs": {"cleanup.policy": "compact"}}}, wait_for_metadata=True)
+    admin.close()
+
+
+def _catalog_records() -> list[tuple[bytes, bytes]]:
+    return [(d.item_id.encode(), json.dumps({"item_id": d.item_id, "text": d.text, "topic": d.topic}).encode())
+            for d in demo_corpus().documents]
+
+
+def _scenario(n_users: int, events_per_user: float, seed: int, content: str = "item_id"):
+    return simulate(demo_corpus(), n_users=n_users, mean_events_per_user=events_per_user, content=content,
+                    drift_fraction=0.2, seed=seed)
+
+
+def _event_records(scenario) -> list[tuple[bytes, bytes]]:
+    return [(e["user_id"].encode(), json.dumps(e).encode()) for e in scenario.events]
+
+
+def test_service_agrees_with_replay_on_the_same_events(kafka_bootstrap, tmp_path):
+    """Same events, same batch boundaries: the service's final assignments equal replay's.
+
+    The events are produced before the service starts, to a single partition, and the batch
+    wait is long, so every service batch holds exactly ``batch`` records, as in replay. The
+    only remaining difference is the emission time in each record.
+    """
+    topics = Topics.fresh()
+    _create(kafka_bootstrap, topics, events_partitions=1)
+    scenario = _scenario(n_users=120, events_per_user=12, seed=11)
+    send(kafka_bootstrap, topics.items, _catalog_records())
+    n = send(kafka_bootstrap, topics.events, _event_records(scenario))
+    batch = 256
+    svc = ServiceProcess(kafka_bootstrap, topics, tmp_path, "--clusters", "10", "--batch-max-events", str(batch),
+                         "--batch-max-wait-ms", "3000")
+    try:
+        svc.wait_ready()
+        svc.wait_consumed(n)
+        wait_for(lambda: committed_offsets(kafka_bootstrap, topics.group, topics.events) == {0: n}, 30,
+                 what="offsets committed")
+        assert svc.value("interest_events_applied_total") == n
+        assert svc.stop() == 0, svc.log_tail()
+    finally:
+        svc.stop()
+    service_final = latest_assignments(read_all(kafka_bootstrap, topics.assignments))
+
+    from consumers.replay import run_replay
+    from stream.settings import ClusteringSettings
+
+    events_file = scenario.to_jsonl(tmp_path / "events.jsonl")
+    catalog_file = demo_corpus().to_catalog_jsonl(tmp_path / "items.jsonl")
+    out = tmp_path / "changes.jsonl"
+    run_replay(events_file, out, ClusteringSettings(n_clusters=10), batch_size=batch, catalog_path=catalog_file)
+    replay_final: dict[str, dict] = {}
+    for line in out.read_text().splitlines():
+        rec = json.loads(line)
+        replay_final[rec["user_id"]] = rec
+
+    assert set(service_final) == set(replay_final) == set(scenario.truth)
+    users = sorted(replay_final)
+    svc_clusters = [service_final[u]["cluster"] for u in users]
+    rep_clusters = [replay_final[u]["cluster"] for u in users]
+    agreement = np.mean([a == b for a, b in zip(svc_clusters, rep_clusters, strict=True)])
+    assert agreement >= 0.99, f"service and replay agree on {agreement:.1%} of users"
+    identical = sum(
+        {**service_final[u], "emit_ts_ms": 0} == {**replay_final[u], "emit_ts_ms": 0} for u in users
+    )
+    assert identical >= 0.99 * len(users), "records equal apart from the emission time"
+    truth = [scenario.truth[u].final_primary for u in users]
+    assert normalized_mutual_info_score(truth, svc_clusters) > 0.5
+    centroids = latest_assignments(read_all(kafka_bootstrap, topics.centroids))
+    assert sorted(int(k) for k in centroids) == list(range(10))
+    assert all(len(v["vector"]) == 384 and v["label_terms"] for v in centroids.values())
+
+
+BAD_INPUT: list[tuple[str, bytes | None, bytes]] = [
+    ("not_utf8", b"u-bad", b'{"user_id": "u-bad", "text": "caf\xe9"}'),
+    ("not_json", b"u-bad", b'{"user_id": "u-bad", "text": '),
+    ("not_object", None, b'["a", "list"]'),
+    ("missing_user_id", None, b'{"text": "no user here", "ts": 1700000000000}'),
+    ("no_text_or_item", b"u-bad", b'{"user_id": "u-bad", "ts": 1700000000000}'),
+    ("bad_timestamp", b"u-bad", b'{"user_id": "u-bad", "text": "x y", "ts": "yesterday"}'),
+    ("bad_weight", b"u-bad", b'{"user_id": "u-bad", "text": "x y", "weight": -3}'),
+    ("too_large", b"u-bad", b'{"user_id": "u-bad", "text": "' + b"a" * 70_000 + b'"}'),
+    ("unknown_item", b"u-bad", b'{"user_id": "u-bad", "item_id": "no-such-item"}'),
+    ("empty_text", b"u-bad", b'{"user_id": "u-bad", "text": "   "}'),
+    ("empty_message", b"u-bad", b""),
+    ("bad_user_id", None, b'{"user_id": true, "text": "bool user"}'),
+    ("key_mismatch", b"someone-else", b'{"user_id": "u-bad", "text": "mismatched key"}'),
+]
+
+
+def test_bad_input_dead_letters_metrics_and_forget(kafka_bootstrap, tmp_path):
+    """Every kind of bad input lands on the dead-letter topic with its reason and coordinates,
+    good events around it are applied, /metrics agrees with what was produced, and forget
+    removes the user and tombstones the assignment."""
+    from kafka import KafkaProducer
+
+    topics = Topics.fresh()
+    _create(kafka_bootstrap, topics, events_partitions=3)
+    send(kafka_bootstrap, topics.items, _catalog_records())
+    scenario = _scenario(n_users=40, events_per_user=6, seed=3, content="both")
+    good = _event_records(scenario)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", max_request_size=2_000_000)
+    sent_bad = []  # (reason, value, metadata)
+    step = max(1, len(good) // (len(BAD_INPUT) + 1))
+    futures = []
+    for i, (key, value) in enumerate(good):
+        futures.append(producer.send(topics.events, key=key, value=value))
+        if i % step == 0 and i // step < len(BAD_INPUT):
+            reason, bkey, bvalue = BAD_INPUT[i // step]
+            sent_bad.append((reason, bvalue, producer.send(topics.events, key=bkey, value=bvalue)))
+    producer.flush()
+    sent_bad = [(r, v, f.get(timeout=10)) for r, v, f in sent_bad]
+    for f in futures:
+        f.get(timeout=10)
+    producer.close()
+    assert len(sent_bad) == len(BAD_INPUT)
+    total = len(good) + len(sent_bad)
+
+    svc = ServiceProcess(kafka_bootstrap, topics, tmp_path, "--clusters", "6")
+    try:
+        svc.wait_ready()
+        svc.wait_consumed(total)
+        dead = read_all(kafka_bootstrap, topics.dead_letters)
+        assert len(dead) == len(BAD_INPUT)
+        by_coords = {(r.headers["source_partition"], r.headers["source_offset"]): r for r in dead}
+        for reason, value, meta in sent_bad:
+            rec = by_coords[(str(meta.partition).encode(), str(meta.offset).encode())]
+            assert rec.headers["reason"].decode() == reason
+            assert rec.headers["source_topic"].decode() == topics.events
+            assert rec.value == value
+            assert rec.headers["detail"]
+        # metrics agree with what was produced and consumed
+        assert svc.value("interest_events_consumed_total") == total
+        assert svc.value("interest_events_applied_total") == len(good)
+        for reason, _, _ in sent_bad:
+            assert svc.value("interest_events_rejected_total", reason=reason) == 1, reason
+        assert svc.value("interest_users_tracked") == len(scenario.truth)
+        assert svc.value("interest_end_to_end_latency_seconds_count") == len(good)
+        assert svc.sum_of("interest_cluster_size_users") == len(scenario.truth)
+        changes = read_all(kafka_bootstrap, topics.assignments)
+        assert svc.value("interest_assignment_changes_total") == len(changes)
+        wait_for(lambda: svc.value("interest_consumer_lag_messages", topic=topics.events, partition="0") == 0
+                 and svc.value("interest_last_commit_timestamp_seconds") > 0, 30, what="lag 0 and a commit")
+
+        # forget one user
+        victim = sorted(scenario.truth)[0]
+        done = subprocess.run([*CLI, "forget", victim, "--bootstrap-servers", kafka_bootstrap,
+                               "--events-topic", topics.events], cwd=REPO, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        wait_for(lambda: svc.value("interest_users_forgotten_total") == 1, 60, what="forget applied")
+        assert svc.value("interest_users_tracked") == len(scenario.truth) - 1
+        latest = latest_assignments(read_all(kafka_bootstrap, topics.assignments))
+        assert latest[victim] is None, "the forgotten user's assignment is tombstoned"
+        assert sum(v is None for v in latest.values()) == 1
+        assert svc.stop() == 0
+    finally:
+        svc.stop()
+
+
+def test_sigterm_mid_stream_loses_nothing(kafka_bootstrap, tmp_path):
+    """SIGTERM mid-stream: the member finishes its batch, commits, checkpoints and exits 0; a restart
+    continues where it stopped, and the final state equals an uninterrupted run over the same events."""
+    from stream.checkpoint import restore_pipeline
+    from stream.pipeline import Pipeline, SourceRecord
+    from stream.settings import ClusteringSettings
+
+    topics = Topics.fresh()
+    _create(kafka_bootstrap, topics, events_partitions=1)
+    scenario = _scenario(n_users=100, events_per_user=12, seed=5, content="text")
+    n = send(kafka_bootstrap, topics.events, _event_records(scenario))
+    batch = ["--clusters", "8", "--batch-max-events", "100", "--batch-max-wait-ms", "3000",
+             "--checkpoint-interval-s", "0"]
+
+    first = ServiceProcess(kafka_bootstrap, topics, tmp_path, *batch, name="first")
+    try:
+        first.wait_ready()
+        wait_for(lambda: first.value("interest_events_consumed_total") >= 300, 120, what="300 events")
+        assert first.stop(signal.SIGTERM) == 0, first.log_tail()
+    finally:
+        first.stop()
+    consumed_first = sum(committed_offsets(kafka_bootstrap, topics.group, topics.events).values())
+    assert 300 <= consumed_first < n, "stopped mid-stream"
+    assert consumed_first % 100 == 0, "stopped at a batch boundary"
+    assert (tmp_path / "state" / "checkpoint.bin").exists()
+
+    second = ServiceProcess(kafka_bootstrap, topics, tmp_path, *batch, name="second")
+    try:
+        second.wait_ready()
+        second.wait_consumed(n - consumed_first)
+        assert second.stop(signal.SIGTERM) == 0, second.log_tail()
+    finally:
+        second.stop()
+    assert committed_offsets(kafka_bootstrap, topics.group, topics.events) == end_offsets(kafka_bootstrap, topics.events)
+
+    # The uninterrupted run: the same pipeline over the same records in the same batches.
+    settings = ClusteringSettings(n_clusters=8)
+    reference = Pipeline.from_settings(settings)
+    records = [SourceRecord(value=v, key=k, timestamp_ms=None) for k, v in _event_records(scenario)]
+    for i in range(0, n, 100):
+        reference.process_batch(records[i:i + 100], now_ms=0)
+    restored = Pipeline.from_settings(settings)
+    offsets = restore_pipeline(restored, (tmp_path / "state" / "checkpoint.bin").read_bytes())
+    assert offsets == {f"{topics.events}:0": n}
+    assert set(restored.profiles.user_ids()) == set(reference.profiles.user_ids()) == set(scenario.truth)
+    for user in reference.profiles.user_ids():
+        a, ref_a, mass_a = restored.profiles.raw(user)
+        b, ref_b, mass_b = reference.profiles.raw(user)
+        assert ref_a == ref_b
+        np.testing.assert_allclose(a, b, atol=1e-5)
+        assert mass_a == pytest.approx(mass_b, rel=1e-9)
+    assert restored.model.version == reference.model.version
+    np.testing.assert_allclose(restored.model.centroids, reference.model.centroids, atol=1e-4)
+    same = [restored.tracker.last(u)[0] == reference.tracker.last(u)[0] for u in scenario.truth]
+    assert np.mean(same) >= 0.99
