@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -86,7 +87,8 @@ def main(
 
     from bench.common import Report, blas_line, machine_line
 
-    console = Console(record=save is not None)
+    # wide tables stay readable when the output goes to a file or a pipe
+    console = Console(record=save is not None, width=None if sys.stdout.isatty() else 160)
     report = Report(console)
     chosen = set(only or list(Only))
     started = time.perf_counter()
