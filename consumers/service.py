@@ -8,10 +8,20 @@ Loop, per micro-batch:
 2. run the same :class:`stream.pipeline.Pipeline` that ``interest-stream replay`` runs
    (decode, embed, fold profiles, k-means statistics, trainer update, assignments);
 3. publish assignment changes (compacted, key = user id; a tombstone for a forgotten
-   user), centroid snapshots (compacted, key = cluster id) and dead letters (original
-   bytes, reason and source coordinates in headers);
-4. flush the producer and commit the batch's offsets only after every output was
-   acknowledged: at-least-once, with the micro-batch as the unit of commit.
+   user), centroid snapshots (compacted, key = cluster id), dead letters (original
+   bytes, reason and source coordinates in headers), the changed profiles on the
+   profiles changelog and, every few batches, the model on the model changelog;
+4. commit. ``exactly_once`` (default): all of step 3 and the consumed offsets
+   (``send_offsets_to_transaction`` with the consumer's group metadata) commit in one
+   transaction; if anything fails the transaction aborts, the member rebuilds its state
+   from the changelogs and re-reads from the committed offsets. ``at_least_once``:
+   outputs are flushed and acknowledged, then offsets are committed.
+
+State: on every partition assignment the member restores exactly the partitions it
+gained (profiles from the profiles changelog, last emitted assignments from the
+assignments topic, both co-partitioned with the events topic; the model from the model
+changelog on first start) and drops the users of partitions it lost; it reports ready
+only afterwards.
 
 Embedding a large batch never gets the member evicted: the batch runs on a helper
 thread while the loop pauses its partitions and keeps calling ``poll`` often enough
@@ -39,12 +49,14 @@ from typing import Any
 
 import msgspec
 
+from consumers.changelog import read_latest
 from consumers.metrics_server import MetricsServer
 from consumers.settings import ServiceSettings
-from consumers.topics import ensure_topics, topic_specs_from
-from stream.checkpoint import CheckpointError, pipeline_to_bytes, restore_pipeline, write_atomically
-from stream.events import decode_event
+from consumers.topics import TopicMismatchError, TopicSpec, ensure_topics
+from stream.events import BehaviourEvent, ForgetEvent, decode_event
 from stream.metrics import ServiceMetrics
+from stream.model_state import ModelStateError, model_state_to_bytes, restore_model_state
+from stream.profiles import profile_from_bytes, profile_to_bytes
 from stream.records import encode_record
 
 log = logging.getLogger("interest_stream.service")
@@ -98,6 +110,7 @@ class CatalogFollower:
         self.on_bad = on_bad
         self.consumer = KafkaConsumer(
             client_id=f"{settings.client_id}-catalog",
+            max_partition_fetch_bytes=settings.max_request_size,
             enable_auto_commit=False,
             group_id=None,
             isolation_level="read_committed",
@@ -159,6 +172,13 @@ class CatalogFollower:
         self.consumer.close()
 
 
+Send = tuple[str, bytes | None, bytes | None, list, int | None]  # topic, key, value, headers, partition
+
+
+class StateCorrupted(RuntimeError):
+    """A batch could not be committed: in-memory state is ahead of Kafka and must be rebuilt."""
+
+
 class InterestService:
     """One member of the service's consumer group (see the module docstring)."""
 
@@ -167,6 +187,7 @@ class InterestService:
         self.settings = settings
         self.metrics = metrics or ServiceMetrics()
         self._pipeline = pipeline
+        self._encoder = pipeline.encoder if pipeline is not None else None
         self._stop = threading.Event()
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
         self.consumer = None
@@ -174,16 +195,22 @@ class InterestService:
         self.catalog_follower: CatalogFollower | None = None
         self.server: MetricsServer | None = None
         self.batches = 0
+        self.exactly_once = settings.processing_guarantee == "exactly_once"
+        self.profiles_topic, self.model_topic = settings.changelog_topics()
         self._lag_at = 0.0
         self._lag_labels: set[tuple[str, str]] = set()
-        self._processed: dict[str, int] = {}  # "topic:partition" -> next offset, folded into state
-        self._resume: dict[str, int] = {}  # checkpoint offsets to seek to on first assignment
-        self._checkpoint_at = time.monotonic()
+        self._owned: set[int] = set()  # events partitions whose users' state is held here
+        self._user_partition: dict[str, int] = {}
+        self._model_restored = False
+        self._since_model_snapshot = 0
+        self._pending_dead_letters: list[Send] = []
+        self._pending_assignment: set[int] | None = None
+        self._prev = {"cache_hits": 0, "cache_misses": 0, "truncated": 0}
 
     # ----------------------------------------------------------------- lifecycle
     def request_stop(self, *_: Any) -> None:
         if not self._stop.is_set():
-            log.info("stop requested: finishing the current batch, then flush, commit and leave the group")
+            log.info("stop requested: finishing the current batch, then commit and leave the group")
         self._stop.set()
 
     def run(self) -> int:
@@ -194,7 +221,7 @@ class InterestService:
             except ValueError:  # not the main thread (tests)
                 pass
         s = self.settings
-        log.info("starting with settings %s", s.redacted())
+        log.info("starting (%s) with settings %s", s.processing_guarantee, s.redacted())
         from threadpoolctl import threadpool_limits
 
         # The matrix products here are small: BLAS threads only fight torch for the cores.
@@ -209,10 +236,11 @@ class InterestService:
 
                 log.info("loading the embedding model")
                 self._pipeline = Pipeline.from_settings(s.clustering)
-            self._load_checkpoint()
+                self._encoder = self._pipeline.encoder
             if not self._connect():
                 return 0
             self._loop()
+            self._final_model_snapshot()
             return 0
         except FatalKafkaError as exc:
             log.error("%s", exc)
@@ -221,13 +249,13 @@ class InterestService:
             self._shutdown()
 
     def _zero_labelled_series(self) -> None:
-        """Create every known labelled counter at 0, so ``rate()`` sees the first increase."""
+        """Create every known labelled series at 0, so ``rate()`` sees the first increase."""
         from stream.events import RejectReason
 
         for reason in RejectReason:
             self.metrics.rejected.labels(reason=reason.value)
         self.metrics.rejected.labels(reason="bad_catalog_record")
-        for operation in ("connect", "produce", "commit"):
+        for operation in ("connect", "produce", "commit", "recover"):
             self.metrics.kafka_retries.labels(operation=operation)
         self.metrics.restore_progress.set(0)
 
@@ -239,11 +267,14 @@ class InterestService:
                 result = fn()
                 self.metrics.kafka_connected.set(1)
                 return result
+            except FatalKafkaError:
+                raise
             except Exception as exc:
                 if _is_fatal(exc):
                     raise FatalKafkaError(
-                        f"Kafka refused {operation}: {type(exc).__name__}: {exc} — check the credentials and "
-                        "ACLs (sasl_plain_username / sasl_plain_password / security_protocol)"
+                        f"Kafka refused {operation}: {type(exc).__name__}: {exc} — authentication or "
+                        "authorisation failed; check the credentials and ACLs (sasl_plain_username / "
+                        "sasl_plain_password / security_protocol)"
                     ) from exc
                 self.metrics.kafka_connected.set(0)
                 self.metrics.kafka_retries.labels(operation=operation).inc()
@@ -252,36 +283,84 @@ class InterestService:
                 if self._stop.wait(delay):
                     return None
 
+    # ----------------------------------------------------------------- connecting
+    def _topic_specs(self, admin) -> list[TopicSpec]:
+        """The topics this member needs; co-partitioned ones get the events topic's partition count."""
+        s = self.settings
+        compact = {"min.cleanable.dirty.ratio": "0.1", "segment.ms": "3600000"}
+        events = TopicSpec("events", s.events_topic, s.events_partitions, "delete", s.replication_factor)
+        ensure_topics(admin, [events], create=s.create_topics)
+        described = admin.describe_topics([s.events_topic])
+        n = len(described[0].get("partitions") or []) or s.events_partitions
+        big = {**compact, "max.message.bytes": str(s.max_request_size)}
+        return [
+            events,
+            TopicSpec("assignments", s.assignments_topic, n, "compact", s.replication_factor, configs=compact),
+            TopicSpec("profiles changelog", self.profiles_topic, n, "compact", s.replication_factor, configs=compact),
+            TopicSpec("model changelog", self.model_topic, 1, "compact", s.replication_factor, configs=big),
+            TopicSpec("centroids", s.centroids_topic, s.centroids_partitions, "compact", s.replication_factor,
+                      configs=compact),
+            TopicSpec("dead_letters", s.dead_letter_topic, s.dead_letter_partitions, "delete", s.replication_factor),
+            TopicSpec("items", s.items_topic, s.items_partitions, "compact", s.replication_factor, configs=compact),
+        ]
+
+    def _check_copartitioned(self, admin, n_events: int) -> None:
+        names = [self.settings.assignments_topic, self.profiles_topic]
+        for topic in admin.describe_topics(names):
+            n = len(topic.get("partitions") or [])
+            if n < n_events:
+                raise TopicMismatchError(
+                    f"topic {topic['name']!r} has {n} partitions but the events topic has {n_events}: the "
+                    "assignments topic and the profiles changelog must have at least as many partitions as "
+                    "the events topic (they are co-partitioned with it); add partitions or use new topics"
+                )
+
+    def _make_producer(self):
+        from kafka import KafkaProducer
+
+        s = self.settings
+        options: dict[str, Any] = {
+            "client_id": f"{s.client_id}-producer", "acks": "all", "linger_ms": 5,
+            "max_request_size": s.max_request_size, **s.kafka_client_options(),
+        }
+        if self.exactly_once:
+            options.update(transactional_id=s.transactional_id, transaction_timeout_ms=s.transaction_timeout_ms)
+        else:
+            options.update(retries=5, max_in_flight_requests_per_connection=1)
+        producer = KafkaProducer(**options)
+        if self.exactly_once:
+            try:
+                producer.init_transactions()  # fences a predecessor with the same id, aborting its open transaction
+            except Exception:
+                producer.close(timeout=0)
+                raise
+        return producer
+
     def _connect(self) -> bool:
-        from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+        from kafka import KafkaAdminClient, KafkaConsumer
         from kafka.consumer.subscription_state import ConsumerRebalanceListener
 
         s = self.settings
         opts = s.kafka_client_options()
-        specs = topic_specs_from(
-            events=s.events_topic, assignments=s.assignments_topic, centroids=s.centroids_topic,
-            dead_letters=s.dead_letter_topic, items=s.items_topic,
-            partitions={"events": s.events_partitions, "assignments": s.assignments_partitions,
-                        "centroids": s.centroids_partitions, "dead_letters": s.dead_letter_partitions,
-                        "items": s.items_partitions},
-            replication_factor=s.replication_factor,
-        )
 
         def admin_setup() -> bool:
             admin = KafkaAdminClient(client_id=f"{s.client_id}-admin", **opts)
             try:
+                specs = self._topic_specs(admin)
                 created = ensure_topics(admin, specs, create=s.create_topics)
                 if created:
                     log.info("created topics: %s", ", ".join(created))
+                self._check_copartitioned(admin, specs[1].partitions)
             finally:
                 admin.close()
             return True
 
-        if self._retrying("connect", admin_setup) is None:
-            return False
-        self.producer = self._retrying("connect", lambda: KafkaProducer(
-            client_id=f"{s.client_id}-producer", acks="all", linger_ms=5, retries=5,
-            max_in_flight_requests_per_connection=1, **opts))
+        try:
+            if self._retrying("connect", admin_setup) is None:
+                return False
+        except TopicMismatchError as exc:
+            raise FatalKafkaError(f"topic configuration: {exc}") from exc
+        self.producer = self._retrying("connect", self._make_producer)
         if self.producer is None:
             return False
         self.catalog_follower = self._retrying("connect", lambda: CatalogFollower(
@@ -306,15 +385,12 @@ class InterestService:
                         service._lag_labels.discard(key)
 
             def on_partitions_assigned(self, assigned):
+                # Runs inside poll, on the client's network loop: only note the assignment and pause the
+                # partitions; the main loop restores their state before resuming them (heartbeats go on).
                 log.info("partitions assigned: %s", sorted((tp.topic, tp.partition) for tp in assigned))
-                for tp in assigned:
-                    offset = service._resume.pop(f"{tp.topic}:{tp.partition}", None)
-                    if offset is not None:
-                        # Re-read from what the checkpoint covers: state ends exact even if the
-                        # process died after committing later offsets (outputs may repeat).
-                        service.consumer.seek(tp, offset)
-                        log.info("resuming %s:%d at checkpoint offset %d", tp.topic, tp.partition, offset)
-                service.server.set_ready(True)
+                if assigned:
+                    service.consumer.pause(*assigned)
+                service._pending_assignment = {tp.partition for tp in assigned if tp.topic == s.events_topic}
 
         def make_consumer():
             consumer = KafkaConsumer(
@@ -329,43 +405,9 @@ class InterestService:
         self.consumer = self._retrying("connect", make_consumer)
         return self.consumer is not None
 
-    # ----------------------------------------------------------------- checkpoints
-    def _load_checkpoint(self) -> None:
-        path = self.settings.checkpoint_path()
-        if path is None or not path.exists():
-            self.metrics.restore_progress.set(1.0)  # nothing to restore
-            self.metrics.restore_seconds.set(0.0)
-            return
-        t0 = time.monotonic()
-        try:
-            self._resume = restore_pipeline(self._pipeline, path.read_bytes())
-        except CheckpointError as exc:
-            raise FatalKafkaError(f"cannot restore {path}: {exc} (move it away to start empty)") from exc
-        self._processed = dict(self._resume)
-        took = time.monotonic() - t0
-        self.metrics.restore_seconds.set(took)
-        self.metrics.restore_progress.set(1.0)
-        log.info("restored checkpoint %s: %d users, model version %d, %.2f s",
-                 path, len(self._pipeline.profiles), self._pipeline.model.version, took)
-
-    def save_checkpoint(self) -> None:
-        path = self.settings.checkpoint_path()
-        if path is None or not self._processed:
-            return
-        t0 = time.monotonic()
-        write_atomically(path, pipeline_to_bytes(self._pipeline, self._processed))
-        self._checkpoint_at = time.monotonic()
-        log.info("checkpoint written: %s (%d users, %.2f s)", path, len(self._pipeline.profiles),
-                 self._checkpoint_at - t0)
-
     def _shutdown(self) -> None:
         if self.server is not None:
             self.server.set_ready(False)
-        if self._pipeline is not None and self.consumer is not None:
-            try:
-                self.save_checkpoint()
-            except OSError as exc:
-                log.error("could not write the checkpoint: %s", exc)
         for name, closer in (("consumer", lambda: self.consumer and self.consumer.close(autocommit=False)),
                              ("producer", lambda: self.producer and self.producer.close(timeout=10)),
                              ("catalog", lambda: self.catalog_follower and self.catalog_follower.close())):
@@ -378,11 +420,148 @@ class InterestService:
             self.server.stop()
         log.info("stopped after %d batches", self.batches)
 
+    # ----------------------------------------------------------------- state
+    def _apply_assignment(self) -> None:
+        """Drop the users of partitions lost, restore the partitions gained, resume, report ready."""
+        assigned, self._pending_assignment = self._pending_assignment, None
+        lost, gained = self._owned - assigned, assigned - self._owned
+        if lost:
+            self._drop_partitions(lost)
+        self._owned = self._owned - lost
+        if gained or not self._model_restored:
+            ok = self._retrying("restore", lambda: self._restore(sorted(gained)))
+            if ok is None:
+                return
+        self._owned = set(assigned)
+        paused = self.consumer.paused()
+        if paused:
+            self.consumer.resume(*paused)
+        self.server.set_ready(bool(assigned))
+
+    def _drop_partitions(self, partitions: set[int]) -> None:
+        pipe = self._pipeline
+        users = [u for u, p in self._user_partition.items() if p in partitions]
+        for user in users:
+            pipe.profiles.forget(user)
+            pipe.tracker.forget(user)
+            del self._user_partition[user]
+        log.info("dropped the state of %d users of partitions %s (no longer owned)", len(users), sorted(partitions))
+
+    def _restore(self, partitions: list[int]) -> bool:
+        """Restore profiles and last assignments of ``partitions`` (and the model, once)."""
+        import numpy as np
+
+        s = self.settings
+        pipe = self._pipeline
+        opts = s.kafka_client_options()
+        t0 = time.monotonic()
+        m = self.metrics
+        m.restore_progress.set(0.0)
+        self.server.set_ready(False)
+
+        def progress(done: int, total: int) -> None:
+            m.restore_progress.set(done / total if total else 1.0)
+
+        profiles = read_latest(opts, self.profiles_topic, partitions, progress=progress)
+        users, sums, refs, masses = [], [], [], []
+        dim = pipe.profiles.dim
+        for key, (partition, value) in profiles.items():
+            if key is None or value is None:
+                continue
+            self._user_partition[key.decode()] = partition
+            vector, ref_ms, mass = profile_from_bytes(value)
+            if vector.shape[0] != dim:
+                raise FatalKafkaError(f"profiles changelog {self.profiles_topic} holds {vector.shape[0]}-d profiles, "
+                                      f"the encoder makes {dim}-d ones: use a new group id or changelog topic")
+            users.append(key.decode())
+            sums.append(vector)
+            refs.append(ref_ms)
+            masses.append(mass)
+        if users:
+            pipe.profiles.put_many(users, np.stack(sums), np.asarray(refs, dtype=np.int64),
+                                   np.asarray(masses, dtype=np.float64))
+        assignments = read_latest(opts, s.assignments_topic, partitions)
+        n_assigned = 0
+        for key, (_, value) in assignments.items():
+            if key is None or value is None:
+                continue
+            try:
+                rec = msgspec.json.decode(value)
+                pipe.tracker.restore(key.decode(), int(rec["cluster"]), float(rec["score"]))
+                n_assigned += 1
+            except (msgspec.DecodeError, KeyError, TypeError, ValueError):
+                log.warning("skipping an unreadable assignment record for %r", key)
+        if not self._model_restored:
+            model = read_latest(opts, self.model_topic, [0], max_fetch_bytes=2 * s.max_request_size)
+            data = model.get(b"model", (0, None))[1]
+            if data is not None:
+                try:
+                    restore_model_state(pipe, data)
+                except ModelStateError as exc:
+                    raise FatalKafkaError(f"cannot restore the model from {self.model_topic}: {exc}") from exc
+            self._model_restored = True
+        took = time.monotonic() - t0
+        m.restore_progress.set(1.0)
+        m.restore_seconds.set(took)
+        m.users.set(len(pipe.profiles))
+        log.info("restored partitions %s: %d profiles, %d assignments, model version %d, %.2f s",
+                 partitions, len(users), n_assigned, pipe.model.version, took)
+        return True
+
+    def _recover(self, reason: BaseException) -> None:
+        """A batch failed to commit: abort, rebuild state from Kafka, re-read from the committed offsets."""
+        from stream.pipeline import Pipeline
+
+        log.warning("batch not committed (%s: %s): rebuilding state from the changelogs", type(reason).__name__, reason)
+        self.server.set_ready(False)
+        old = self.producer
+        if self.exactly_once and old is not None:
+            try:
+                old.abort_transaction()
+            except Exception as exc:
+                log.info("abort failed (%s); the new producer fences the transaction instead", exc)
+        if old is not None:
+            try:
+                old.close(timeout=0)
+            except Exception:
+                pass
+        self.producer = self._retrying("recover", self._make_producer)
+        if self.producer is None:
+            return
+        self._pipeline = Pipeline(self.settings.clustering, self._encoder, self._pipeline.catalog)
+        self._user_partition.clear()
+        self._model_restored = False
+        owned = sorted(self._owned)
+        if self._retrying("recover", lambda: self._restore(owned)) is None:
+            return
+
+        def seek_committed() -> bool:
+            from kafka import TopicPartition
+
+            for p in owned:
+                tp = TopicPartition(self.settings.events_topic, p)
+                if tp not in self.consumer.assignment():
+                    continue
+                committed = self.consumer.committed(tp)
+                if committed is None:
+                    self.consumer.seek_to_beginning(tp)
+                else:
+                    self.consumer.seek(tp, committed)
+            return True
+
+        self._retrying("recover", seek_committed)
+        self.server.set_ready(True)
+
     # ----------------------------------------------------------------- the loop
     def _loop(self) -> None:
         while not self._stop.is_set():
             self.server.tick()
+            if self._pending_assignment is not None:
+                self._apply_assignment()
+                continue
             self.catalog_follower.follow(timeout_ms=0)
+            if self._pending_dead_letters and self.exactly_once:
+                self._flush_pending_dead_letters()
             records = self._collect_batch()
             if records:
                 self._process(records)
@@ -394,10 +573,7 @@ class InterestService:
         deadline: float | None = None
         while not self._stop.is_set():
             now = time.monotonic()
-            if deadline is None:
-                timeout_ms = 200
-            else:
-                timeout_ms = max(0, int((deadline - now) * 1000))
+            timeout_ms = 200 if deadline is None else max(0, int((deadline - now) * 1000))
             polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=s.batch_max_events - len(records))
             for recs in polled.values():
                 records.extend(recs)
@@ -429,20 +605,37 @@ class InterestService:
         """Run the pipeline on a helper thread, keeping the group membership alive meanwhile."""
         future = self._executor.submit(self._pipeline.process_batch, source, now_ms)
         keepalive_s = max(1.0, self.settings.max_poll_interval_ms / 3000.0)
-        paused = False
+        paused: set = set()
         try:
             while True:
                 try:
                     return future.result(timeout=keepalive_s)
                 except concurrent.futures.TimeoutError:
                     if not paused:
-                        self.consumer.pause(*self.consumer.assignment())
-                        paused = True
+                        paused = set(self.consumer.assignment()) - set(self.consumer.paused())
+                        self.consumer.pause(*paused)
                     self.consumer.poll(timeout_ms=0)  # heartbeat + resets the poll timer; paused: no records
                     self.server.tick()
         finally:
-            if paused:
-                self.consumer.resume(*self.consumer.paused())
+            still = paused & set(self.consumer.assignment())
+            if still:
+                self.consumer.resume(*still)
+
+    @staticmethod
+    def _batch_users(records: list) -> dict[str, int]:
+        """User id → events partition for the records of a batch (from the key, else the payload)."""
+        users: dict[str, int] = {}
+        for r in records:
+            if r.key:
+                try:
+                    users[r.key.decode("utf-8")] = r.partition
+                    continue
+                except UnicodeDecodeError:
+                    pass
+            event = decode_event(r.value, record_ts_ms=r.timestamp)
+            if isinstance(event, BehaviourEvent | ForgetEvent):
+                users[event.user_id] = r.partition
+        return users
 
     def _process(self, records: list) -> None:
         from stream.worker import SourceRecord
@@ -454,34 +647,66 @@ class InterestService:
         source = [SourceRecord(value=r.value, key=r.key, timestamp_ms=r.timestamp, topic=r.topic,
                                partition=r.partition, offset=r.offset) for r in records]
         out = self._run_batch(source, int(time.time() * 1000))
-        sends = self._outputs(out)
-        if not self._publish(sends):
-            return  # stopping while Kafka is unreachable: not committed, so reprocessed on restart
+        batch_users = self._batch_users(records)
+        sends = self._outputs(out, batch_users)
+        offsets = self._offsets(records)
+        try:
+            if not self._commit_batch(sends, offsets):
+                return  # stopping while Kafka is unreachable (at-least-once): reprocessed on restart
+        except FatalKafkaError:
+            raise
+        except Exception as exc:
+            if _is_fatal(exc):
+                raise FatalKafkaError(f"Kafka refused the transaction: {type(exc).__name__}: {exc}") from exc
+            self.metrics.kafka_retries.labels(operation="commit").inc()
+            self._recover(exc)
+            return
         publish_ms = time.time() * 1000
-        self._commit(records)
-        for r in records:
-            key = f"{r.topic}:{r.partition}"
-            self._processed[key] = max(self._processed.get(key, 0), r.offset + 1)
+        self.metrics.last_commit.set(time.time())
         self.batches += 1
-        interval = self.settings.checkpoint_interval_s
-        if interval > 0 and time.monotonic() - self._checkpoint_at >= interval:
-            self.save_checkpoint()
         self._observe(records, out, publish_ms, time.monotonic() - t0)
 
-    def _outputs(self, out) -> list[tuple[str, bytes | None, bytes | None, list]]:
+    def _outputs(self, out, batch_users: dict[str, int]) -> list[Send]:
         s = self.settings
-        sends: list[tuple[str, bytes | None, bytes | None, list]] = []
+        pipe = self._pipeline
+        sends: list[Send] = []
+        # Profiles changelog: every user of the batch that has a profile; a tombstone for one forgotten.
+        for user, partition in batch_users.items():
+            if user in pipe.profiles:
+                self._user_partition[user] = partition
+                sends.append((self.profiles_topic, user.encode(), profile_to_bytes(*pipe.profiles.raw(user)),
+                              [], partition))
+        for user in out.tombstones:
+            partition = self._user_partition.pop(user, batch_users.get(user))
+            sends.append((self.profiles_topic, user.encode(), None, [], partition))
+            sends.append((s.assignments_topic, user.encode(), None, [], partition))
         for change in out.changes:
-            sends.append((s.assignments_topic, change.user_id.encode(), encode_record(change), []))
-        for user_id in out.tombstones:
-            sends.append((s.assignments_topic, user_id.encode(), None, []))
+            sends.append((s.assignments_topic, change.user_id.encode(), encode_record(change), [],
+                          self._user_partition.get(change.user_id)))
         for snap in out.snapshots:
-            sends.append((s.centroids_topic, str(snap.cluster).encode(), encode_record(snap), []))
+            sends.append((s.centroids_topic, str(snap.cluster).encode(), encode_record(snap), [], None))
         for rec, rejection in out.dead_letters:
             sends.append((s.dead_letter_topic, rec.key, rec.value if rec.value is not None else b"",
                           self._dlq_headers(rec.topic, rec.partition, rec.offset, rejection.reason,
-                                            rejection.detail)))
+                                            rejection.detail), None))
+        sends.extend(self._pending_dead_letters)
+        self._pending_dead_letters = []
+        self._since_model_snapshot += 1
+        if self._since_model_snapshot >= s.model_snapshot_every and pipe.model.is_initialised:
+            sends.append((self.model_topic, b"model", model_state_to_bytes(pipe), [], 0))
+            self._since_model_snapshot = 0
         return sends
+
+    @staticmethod
+    def _offsets(records: list) -> dict:
+        from kafka import TopicPartition
+        from kafka.structs import OffsetAndMetadata
+
+        offsets: dict = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
+        return {tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}
 
     @staticmethod
     def _dlq_headers(topic, partition, offset, reason: str, detail: str) -> list[tuple[str, bytes]]:
@@ -492,47 +717,68 @@ class InterestService:
     def _dead_letter_raw(self, rec, reason: str, detail: str) -> None:
         """Dead-letter a record outside a batch (the catalog follower's bad records)."""
         self.metrics.rejected.labels(reason=reason).inc()
-        self._publish([(self.settings.dead_letter_topic, rec.key, rec.value or b"",
-                        self._dlq_headers(rec.topic, rec.partition, rec.offset, reason, detail))])
+        self._pending_dead_letters.append((self.settings.dead_letter_topic, rec.key, rec.value or b"",
+                                           self._dlq_headers(rec.topic, rec.partition, rec.offset, reason, detail),
+                                           None))
+        if not self.exactly_once:
+            sends, self._pending_dead_letters = self._pending_dead_letters, []
+            self._retrying("produce", lambda: self._send_and_flush(sends))
 
-    def _publish(self, sends: list) -> bool:
-        """Send every output and wait for the acknowledgements; retry the lot until it succeeds."""
-        if not sends:
+    def _flush_pending_dead_letters(self) -> None:
+        sends, self._pending_dead_letters = self._pending_dead_letters, []
+        try:
+            self._commit_batch(sends, {})
+        except Exception as exc:
+            self._pending_dead_letters = sends + self._pending_dead_letters
+            log.warning("could not publish catalog dead letters yet: %s", exc)
+
+    def _send(self, sends: list[Send]) -> list:
+        return [self.producer.send(topic, key=key, value=value, headers=headers, partition=partition)
+                for topic, key, value, headers, partition in sends]
+
+    def _send_and_flush(self, sends: list[Send]) -> bool:
+        futures = self._send(sends)
+        self.producer.flush(timeout=30)
+        for f in futures:
+            f.get(timeout=0)  # raises the delivery error, if any
+        return True
+
+    def _commit_batch(self, sends: list[Send], offsets: dict) -> bool:
+        """Publish ``sends`` and commit ``offsets``: one transaction, or flush-then-commit."""
+        if self.exactly_once:
+            producer = self.producer
+            producer.begin_transaction()
+            self._send(sends)
+            if offsets:
+                producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
+            producer.commit_transaction()
             return True
+        if sends and self._retrying("produce", lambda: self._send_and_flush(sends)) is None:
+            return False
+        if offsets:
+            from kafka.errors import CommitFailedError
 
-        def send_all() -> bool:
-            futures = [self.producer.send(topic, key=key, value=value, headers=headers)
-                       for topic, key, value, headers in sends]
-            self.producer.flush(timeout=30)
-            for f in futures:
-                f.get(timeout=0)  # raises the delivery error, if any
-            return True
+            def do_commit() -> bool:
+                try:
+                    self.consumer.commit(offsets)
+                except CommitFailedError as exc:
+                    # The group rebalanced under us: the new owner re-reads these records (at-least-once).
+                    log.warning("offset commit rejected after a rebalance (%s); records will be re-delivered", exc)
+                return True
 
-        return self._retrying("produce", send_all) is not None
+            self._retrying("commit", do_commit)
+        return True
 
-    def _commit(self, records: list) -> None:
-        from kafka import TopicPartition
-        from kafka.errors import CommitFailedError
-        from kafka.structs import OffsetAndMetadata
-
-        offsets: dict = {}
-        for r in records:
-            tp = TopicPartition(r.topic, r.partition)
-            if r.offset + 1 > offsets.get(tp, -1):
-                offsets[tp] = r.offset + 1
-        commit = {tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}
-
-        def do_commit() -> bool:
-            try:
-                self.consumer.commit(commit)
-            except CommitFailedError as exc:
-                # The group rebalanced under us: the new owner re-reads these records (at-least-once).
-                log.warning("offset commit rejected after a rebalance (%s); records will be re-delivered", exc)
-                return False
-            self.metrics.last_commit.set(time.time())
-            return True
-
-        self._retrying("commit", do_commit)
+    def _final_model_snapshot(self) -> None:
+        """At shutdown: write the model so the next start continues it (best effort)."""
+        pipe = self._pipeline
+        if self.producer is None or pipe is None or not pipe.model.is_initialised or self._since_model_snapshot == 0:
+            return
+        try:
+            self._commit_batch([(self.model_topic, b"model", model_state_to_bytes(pipe), [], 0)], {})
+            log.info("model version %d written to %s", pipe.model.version, self.model_topic)
+        except Exception as exc:
+            log.warning("could not write the final model snapshot: %s", exc)
 
     # ----------------------------------------------------------------- metrics
     def _observe(self, records: list, out, publish_ms: float, seconds: float) -> None:
@@ -552,11 +798,10 @@ class InterestService:
         m.users.set(len(pipe.profiles))
         m.model_version.set(pipe.model.version)
         stats = pipe.counters_snapshot()
-        m.cache_hits.inc(stats["cache_hits"] - getattr(self, "_prev_hits", 0))
-        m.cache_misses.inc(stats["cache_misses"] - getattr(self, "_prev_misses", 0))
-        m.truncated.inc(stats["truncated"] - getattr(self, "_prev_truncated", 0))
-        self._prev_hits, self._prev_misses, self._prev_truncated = (
-            stats["cache_hits"], stats["cache_misses"], stats["truncated"])
+        m.cache_hits.inc(stats["cache_hits"] - self._prev["cache_hits"])
+        m.cache_misses.inc(stats["cache_misses"] - self._prev["cache_misses"])
+        m.truncated.inc(stats["truncated"] - self._prev["truncated"])
+        self._prev = {k: stats[k] for k in self._prev}
         sizes = pipe.tracker.cluster_sizes(pipe.model.n_clusters)
         for cluster, size in enumerate(sizes):
             m.cluster_size.labels(cluster=str(cluster)).set(int(size))

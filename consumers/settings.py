@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -66,9 +67,10 @@ class ServiceSettings(BaseSettings):
         default_factory=dict,
         description="Extra kafka-python client settings (SASL/SSL, timeouts), passed to every client.",
     )
-    processing_guarantee: Literal["at_least_once"] = Field(
-        "at_least_once",
-        description="Delivery guarantee. at_least_once: outputs are flushed before offsets are committed.",
+    processing_guarantee: Literal["exactly_once", "at_least_once"] = Field(
+        "exactly_once",
+        description="exactly_once: outputs, changelogs and offsets commit in one Kafka transaction. "
+        "at_least_once: faster; outputs are flushed before offsets commit, so a crash can repeat a batch.",
     )
     max_poll_interval_ms: int = Field(300_000, ge=10_000, description="Kafka max.poll.interval.ms.")
     session_timeout_ms: int = Field(10_000, ge=1_000, description="Kafka session.timeout.ms.")
@@ -103,14 +105,26 @@ class ServiceSettings(BaseSettings):
         5_000, ge=0, description="With unknown_item_policy=wait: how long to wait before dead-lettering."
     )
 
-    # --- local state -------------------------------------------------------------------
-    state_dir: Path | None = Field(
-        None,
-        description="Directory of the state checkpoint (profiles, model, assignments, offsets); "
-        "default: ${XDG_STATE_HOME:-~/.local/state}/interest-stream/<group_id>. Empty string disables checkpoints.",
+    # --- state ---------------------------------------------------------------------------
+    instance_id: str = Field(
+        default_factory=lambda: socket.gethostname(),
+        description="Stable identity of this member (default: the host name). The transactional id is "
+        "<group_id>-<instance_id>: a restarted member with the same id fences its predecessor at once.",
     )
-    checkpoint_interval_s: float = Field(
-        30.0, ge=0, description="Seconds between periodic checkpoints (0: only at shutdown)."
+    profiles_changelog_topic: str = Field(
+        "", description="Compacted changelog of user profiles (key = user id); default: <group_id>-profiles-changelog."
+    )
+    model_changelog_topic: str = Field(
+        "", description="Compacted changelog of the clustering model; default: <group_id>-model-changelog."
+    )
+    model_snapshot_every: int = Field(
+        10, ge=1, description="Write the model to its changelog every this many batches (and at shutdown)."
+    )
+    transaction_timeout_ms: int = Field(
+        30_000, ge=1_000, description="Kafka transaction.timeout.ms of the exactly-once producer."
+    )
+    max_request_size: int = Field(
+        16 * 1024 * 1024, ge=1024 * 1024, description="Largest record the producer sends (the model record is a few MB)."
     )
 
     # --- HTTP -------------------------------------------------------------------------
@@ -188,15 +202,14 @@ class ServiceSettings(BaseSettings):
         settings._config_file = config_file
         return settings
 
-    def checkpoint_path(self) -> Path | None:
-        """Where this member keeps its checkpoint, or None when checkpoints are disabled."""
-        if self.state_dir is not None and str(self.state_dir) in ("", "."):
-            return None
-        base = self.state_dir
-        if base is None:
-            base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "interest-stream"
-            base = base / self.group_id
-        return Path(base) / "checkpoint.bin"
+    def changelog_topics(self) -> tuple[str, str]:
+        """The profiles and model changelog topic names (defaults derived from the group id)."""
+        return (self.profiles_changelog_topic or f"{self.group_id}-profiles-changelog",
+                self.model_changelog_topic or f"{self.group_id}-model-changelog")
+
+    @property
+    def transactional_id(self) -> str:
+        return f"{self.group_id}-{self.instance_id}"
 
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict with every secret replaced by ``***`` (safe to log)."""

@@ -10,8 +10,10 @@ Example:
 ...     user_id="u1", cluster=3, previous_cluster=None, score=0.81,
 ...     top=[ClusterScore(cluster=3, score=0.81), ClusterScore(cluster=0, score=0.42)],
 ...     model_version=7, event_ts_ms=1_700_000_000_000, emit_ts_ms=1_700_000_000_050)
->>> encode_record(change)[:40]
-b'{"schema_version":1,"user_id":"u1","clu'
+>>> encode_record(change)[:35]
+b'{"schema_version":1,"user_id":"u1",'
+>>> decode_change(encode_record(change)) == change
+True
 """
 
 from __future__ import annotations

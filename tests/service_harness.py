@@ -77,6 +77,14 @@ class Topics:
     def group(self) -> str:
         return f"{self.prefix}.group"
 
+    @property
+    def profiles_changelog(self) -> str:
+        return f"{self.group}-profiles-changelog"
+
+    @property
+    def model_changelog(self) -> str:
+        return f"{self.group}-model-changelog"
+
     def args(self) -> list[str]:
         return ["--events-topic", self.events, "--assignments-topic", self.assignments,
                 "--centroids-topic", self.centroids, "--dead-letter-topic", self.dead_letters,
@@ -86,13 +94,13 @@ class Topics:
 class ServiceProcess:
     """``interest-stream run`` as a child process with its own metrics port and log file."""
 
-    def __init__(self, bootstrap: str, topics: Topics, workdir: Path, *extra: str, name: str = "service") -> None:
+    def __init__(self, bootstrap: str, topics: Topics, workdir: Path, *extra: str, name: str = "service",
+                 instance_id: str = "member-1") -> None:
         self.port = free_port()
         self.log_path = workdir / f"{name}-{self.port}.log"
-        self.state_dir = workdir / "state"
         cmd = [*CLI, "run", "--bootstrap-servers", bootstrap, *topics.args(),
                "--metrics-host", "127.0.0.1", "--metrics-port", str(self.port),
-               "--state-dir", str(self.state_dir), *extra]
+               "--instance-id", instance_id, *extra]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
@@ -110,7 +118,7 @@ class ServiceProcess:
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return 0, ""
 
-    def wait_ready(self, timeout: float = 120) -> None:
+    def wait_ready(self, timeout: float = 240) -> None:
         def ready() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"service exited with {self.proc.returncode}:\n{self.log_tail()}")
@@ -208,6 +216,16 @@ def latest_assignments(records: list[ReadRecord]) -> dict[str, dict | None]:
     for r in records:
         latest[r.key.decode()] = json.loads(r.value) if r.value is not None else None
     return latest
+
+
+def latest_profiles(bootstrap: str, topic: str) -> dict[str, tuple]:
+    """Latest profile per user of a profiles changelog: ``{user: (vector_sum, ref_ms, mass)}``."""
+    from stream.profiles import profile_from_bytes
+
+    latest: dict[str, bytes | None] = {}
+    for r in read_all(bootstrap, topic):
+        latest[r.key.decode()] = r.value
+    return {u: profile_from_bytes(v) for u, v in latest.items() if v is not None}
 
 
 def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:

@@ -57,8 +57,9 @@ def run(
     batch_max_events: Annotated[int | None, Opt(help="Largest micro-batch in records [default: 512].")] = None,
     batch_max_wait_ms: Annotated[int | None, Opt(help="Longest wait for a batch to fill after its first record [default: 50].")] = None,
     unknown_item_policy: Annotated[str | None, Opt(help="Events naming an unknown item: dead_letter or wait [default: dead_letter].")] = None,
-    state_dir: Annotated[str | None, Opt(help="Directory of this member's state checkpoint [default: ~/.local/state/interest-stream/<group-id>]; '' disables it.")] = None,
-    checkpoint_interval_s: Annotated[float | None, Opt(help="Seconds between periodic checkpoints; 0 = only at shutdown [default: 30].")] = None,
+    processing_guarantee: Annotated[str | None, Opt(help="exactly_once (outputs, changelogs and offsets in one transaction) or at_least_once (faster; a crash can repeat a batch) [default: exactly_once].")] = None,
+    instance_id: Annotated[str | None, Opt(help="Stable identity of this member; the transactional id is <group-id>-<instance-id> [default: host name].")] = None,
+    model_snapshot_every: Annotated[int | None, Opt(help="Write the model to its changelog every N batches [default: 10].")] = None,
     metrics_host: Annotated[str | None, Opt(help="Bind address of /metrics, /healthz, /readyz [default: 0.0.0.0].")] = None,
     metrics_port: Annotated[int | None, Opt(help="Port of /metrics, /healthz, /readyz [default: 9108].")] = None,
     kafka_option: Annotated[list[str] | None, Opt("--kafka-option", "-X", help="Extra kafka-python client setting KEY=VALUE (repeatable), e.g. -X security_protocol=SASL_SSL -X sasl_mechanism=SCRAM-SHA-512. Java-style dotted names work too.")] = None,
@@ -66,7 +67,9 @@ def run(
 ) -> None:
     """Run the streaming clusterer: consume events, publish assignment changes, centroids and dead letters.
 
-    At-least-once: outputs are flushed before the batch's offsets are committed.
+    Exactly-once by default: each micro-batch's outputs, changelog writes and consumed offsets commit in
+    one Kafka transaction. State (profiles, model, last assignments) is restored from the changelog and
+    assignments topics on start and on every partition assignment.
     SIGTERM/SIGINT finish the current batch, commit and leave the group (exit 0).
     Exit code 2: invalid settings or Kafka refused the credentials.
     """
@@ -80,7 +83,8 @@ def run(
         "dead_letter_topic": dead_letter_topic, "items_topic": items_topic,
         "events_partitions": events_partitions, "batch_max_events": batch_max_events,
         "batch_max_wait_ms": batch_max_wait_ms, "unknown_item_policy": unknown_item_policy,
-        "state_dir": state_dir, "checkpoint_interval_s": checkpoint_interval_s,
+        "processing_guarantee": processing_guarantee, "instance_id": instance_id,
+        "model_snapshot_every": model_snapshot_every,
         "metrics_host": metrics_host, "metrics_port": metrics_port, "log_level": log_level,
         "kafka": parse_kafka_options(kafka_option),
         "clustering": {"n_clusters": clusters, "half_life_s": half_life_s, "kmeans_half_life": kmeans_half_life,

@@ -51,10 +51,13 @@ def test_secrets_are_redacted():
     assert is_secret("sasl_oauth_token_provider") and not is_secret("security_protocol")
 
 
-def test_checkpoint_path(tmp_path):
-    s = ServiceSettings.load(overrides={"bootstrap_servers": "x:1", "state_dir": str(tmp_path)})
-    assert s.checkpoint_path() == tmp_path / "checkpoint.bin"
-    assert ServiceSettings.load(overrides={"bootstrap_servers": "x:1", "state_dir": ""}).checkpoint_path() is None
+def test_changelog_topics_and_transactional_id():
+    s = ServiceSettings.load(overrides={"bootstrap_servers": "x:1", "group_id": "g", "instance_id": "pod-0"})
+    assert s.changelog_topics() == ("g-profiles-changelog", "g-model-changelog")
+    assert s.transactional_id == "g-pod-0"
+    assert s.processing_guarantee == "exactly_once"
+    t = ServiceSettings.load(overrides={"bootstrap_servers": "x:1", "profiles_changelog_topic": "p"})
+    assert t.changelog_topics()[0] == "p"
 
 
 def test_readme_documents_every_setting():

@@ -1,0 +1,69 @@
+"""Reading state back from compacted topics: the profiles and model changelogs, the assignments.
+
+A member restores *exactly the partitions it owns*: the profiles changelog and the
+assignments topic are co-partitioned with the events topic (the service writes each
+user's records to the partition its events come from), so partition ``p`` of each holds
+the state of the users of events partition ``p``. Records are read with
+``read_committed`` from the beginning to the end offsets taken at the start; the
+latest value per key wins and a tombstone deletes the key, as compaction will.
+
+Example (needs a broker; not run as a doctest)::
+
+    latest = read_latest(options, "g-profiles-changelog", [0, 2])
+    users = {k.decode(): partition for k, (partition, v) in latest.items() if v is not None}
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+
+def read_latest(
+    options: Mapping[str, Any],
+    topic: str,
+    partitions: list[int],
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    timeout_s: float = 600.0,
+    max_fetch_bytes: int = 32 * 1024 * 1024,
+) -> dict[bytes, tuple[int, bytes | None]]:
+    """Latest ``(partition, value)`` per key of ``partitions`` of ``topic`` (value None = tombstone).
+
+    ``options`` are kafka-python client options (bootstrap servers, security).
+    ``progress(done, total)`` is called as records are read.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    if not partitions:
+        return {}
+    consumer = KafkaConsumer(
+        group_id=None, enable_auto_commit=False, isolation_level="read_committed",
+        max_partition_fetch_bytes=max_fetch_bytes, fetch_max_bytes=max_fetch_bytes,
+        client_id="interest-stream-restore", **options,
+    )
+    try:
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        begin = consumer.beginning_offsets(tps)
+        end = consumer.end_offsets(tps)
+        total = sum(max(0, end[tp] - begin[tp]) for tp in tps)
+        latest: dict[bytes, tuple[int, bytes | None]] = {}
+        done = 0
+        deadline = time.monotonic() + timeout_s
+        pending = [tp for tp in tps if end[tp] > begin[tp]]
+        while pending:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"restoring {topic} {partitions} did not reach the end in {timeout_s:.0f} s")
+            for records in consumer.poll(timeout_ms=500, max_records=10_000).values():
+                for rec in records:
+                    latest[rec.key] = (rec.partition, rec.value)
+                done += len(records)
+            if progress is not None:
+                progress(min(done, total), total)
+            pending = [tp for tp in pending if consumer.position(tp) < end[tp]]
+        return latest
+    finally:
+        consumer.close()
