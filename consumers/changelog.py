@@ -67,3 +67,42 @@ def read_latest(
         return latest
     finally:
         consumer.close()
+
+
+def read_from(
+    options: Mapping[str, Any],
+    topic: str,
+    partition: int,
+    start: int,
+    *,
+    key: bytes | None = None,
+    timeout_s: float = 600.0,
+    max_fetch_bytes: int = 32 * 1024 * 1024,
+) -> list[bytes]:
+    """Values of ``partition`` of ``topic`` from offset ``start`` to the end (read_committed), in order.
+
+    With ``key``, only the records with that key. ``start`` beyond the log start is clamped.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        group_id=None, enable_auto_commit=False, isolation_level="read_committed",
+        max_partition_fetch_bytes=max_fetch_bytes, fetch_max_bytes=max_fetch_bytes,
+        client_id="interest-stream-restore", **options,
+    )
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        begin = consumer.beginning_offsets([tp])[tp]
+        end = consumer.end_offsets([tp])[tp]
+        consumer.seek(tp, max(begin, min(start, end)))
+        values: list[bytes] = []
+        deadline = time.monotonic() + timeout_s
+        while consumer.position(tp) < end:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic}[{partition}] did not reach the end in {timeout_s:.0f} s")
+            for records in consumer.poll(timeout_ms=500, max_records=10_000).values():
+                values.extend(r.value for r in records if r.value is not None and (key is None or r.key == key))
+        return values
+    finally:
+        consumer.close()

@@ -285,6 +285,12 @@ def run_replay(
                 rej.write(b"\n")
             if progress is not None:
                 progress(read, lineno)
+        # The input is over: settle every user against the final model, as the service does when idle.
+        settled = pipeline.reassess(list(pipeline.profiles.user_ids()), pipeline.event_clock_ms)
+        for change in settled:
+            out.write(encode_record(change))
+            out.write(b"\n")
+        summary.changes += len(settled)
 
     counters = pipeline.counters.as_dict()
     events1, events0 = counters["events"], counters0["events"]

@@ -49,13 +49,19 @@ from typing import Any
 
 import msgspec
 
-from consumers.changelog import read_latest
+from consumers.changelog import read_from, read_latest
 from consumers.metrics_server import MetricsServer
 from consumers.settings import ServiceSettings
 from consumers.topics import TopicMismatchError, TopicSpec, ensure_topics
 from stream.events import BehaviourEvent, ForgetEvent, decode_event
 from stream.metrics import ServiceMetrics
-from stream.model_state import ModelStateError, model_state_to_bytes, restore_model_state
+from stream.model_state import (
+    ModelStateError,
+    apply_model_update,
+    model_state_to_bytes,
+    model_update_to_bytes,
+    restore_model_state,
+)
 from stream.profiles import profile_from_bytes, profile_to_bytes
 from stream.records import encode_record
 
@@ -196,7 +202,9 @@ class InterestService:
         self.server: MetricsServer | None = None
         self.batches = 0
         self.exactly_once = settings.processing_guarantee == "exactly_once"
-        self.profiles_topic, self.model_topic = settings.changelog_topics()
+        self.profiles_topic, self.model_topic, self.updates_topic = settings.changelog_topics()
+        self._writer = settings.transactional_id.encode()
+        self._updates_hint = 0  # offset of the last committed model update record
         self._lag_at = 0.0
         self._lag_labels: set[tuple[str, str]] = set()
         self._owned: set[int] = set()  # events partitions whose users' state is held here
@@ -205,6 +213,9 @@ class InterestService:
         self._since_model_snapshot = 0
         self._pending_dead_letters: list[Send] = []
         self._pending_assignment: set[int] | None = None
+        self._sweep: list[str] = []  # users still to re-assess in the current idle sweep
+        self._swept_version = -1  # model version the last complete idle sweep used
+        self._sweep_version = -1
         self._prev = {"cache_hits": 0, "cache_misses": 0, "truncated": 0}
 
     # ----------------------------------------------------------------- lifecycle
@@ -298,6 +309,8 @@ class InterestService:
             TopicSpec("assignments", s.assignments_topic, n, "compact", s.replication_factor, configs=compact),
             TopicSpec("profiles changelog", self.profiles_topic, n, "compact", s.replication_factor, configs=compact),
             TopicSpec("model changelog", self.model_topic, 1, "compact", s.replication_factor, configs=big),
+            TopicSpec("model updates", self.updates_topic, 1, "delete", s.replication_factor,
+                      configs={"max.message.bytes": str(s.max_request_size), "retention.ms": str(7 * 86_400_000)}),
             TopicSpec("centroids", s.centroids_topic, s.centroids_partitions, "compact", s.replication_factor,
                       configs=compact),
             TopicSpec("dead_letters", s.dead_letter_topic, s.dead_letter_partitions, "delete", s.replication_factor),
@@ -492,13 +505,7 @@ class InterestService:
             except (msgspec.DecodeError, KeyError, TypeError, ValueError):
                 log.warning("skipping an unreadable assignment record for %r", key)
         if not self._model_restored:
-            model = read_latest(opts, self.model_topic, [0], max_fetch_bytes=2 * s.max_request_size)
-            data = model.get(b"model", (0, None))[1]
-            if data is not None:
-                try:
-                    restore_model_state(pipe, data)
-                except ModelStateError as exc:
-                    raise FatalKafkaError(f"cannot restore the model from {self.model_topic}: {exc}") from exc
+            self._restore_model(opts)
             self._model_restored = True
         took = time.monotonic() - t0
         m.restore_progress.set(1.0)
@@ -507,6 +514,34 @@ class InterestService:
         log.info("restored partitions %s: %d profiles, %d assignments, model version %d, %.2f s",
                  partitions, len(users), n_assigned, pipe.model.version, took)
         return True
+
+    def _restore_model(self, opts: dict) -> None:
+        """The latest model snapshot, then its writer's logged trainer steps after it: the exact model."""
+        s = self.settings
+        pipe = self._pipeline
+        model = read_latest(opts, self.model_topic, [0], max_fetch_bytes=2 * s.max_request_size)
+        data = model.get(b"model", (0, None))[1]
+        writer, start = s.transactional_id, 0
+        if data is not None:
+            try:
+                writer, start = restore_model_state(pipe, data)
+            except ModelStateError as exc:
+                raise FatalKafkaError(f"cannot restore the model from {self.model_topic}: {exc}") from exc
+            writer = writer or s.transactional_id
+        steps = read_from(opts, self.updates_topic, 0, start, key=writer.encode(),
+                          max_fetch_bytes=2 * s.max_request_size)
+        replayed = 0
+        for value in steps:
+            before = pipe.trainer.updates
+            try:
+                if apply_model_update(pipe, value) > before:
+                    replayed += 1
+            except (ModelStateError, ValueError) as exc:
+                log.warning("model update log of %s stops early (%s); continuing from step %d",
+                            writer, exc, pipe.trainer.updates)
+                break
+        log.info("model restored: snapshot %s, %d logged steps replayed (writer %s), version %d",
+                 "found" if data is not None else "absent", replayed, writer, pipe.model.version)
 
     def _recover(self, reason: BaseException) -> None:
         """A batch failed to commit: abort, rebuild state from Kafka, re-read from the committed offsets."""
@@ -531,6 +566,7 @@ class InterestService:
         self._pipeline = Pipeline(self.settings.clustering, self._encoder, self._pipeline.catalog)
         self._user_partition.clear()
         self._model_restored = False
+        self._sweep, self._swept_version = [], -1
         owned = sorted(self._owned)
         if self._retrying("recover", lambda: self._restore(owned)) is None:
             return
@@ -565,6 +601,8 @@ class InterestService:
             records = self._collect_batch()
             if records:
                 self._process(records)
+            elif not self._stop.is_set():
+                self._idle_sweep()
             self._update_lag()
 
     def _collect_batch(self) -> list:
@@ -621,6 +659,44 @@ class InterestService:
             if still:
                 self.consumer.resume(*still)
 
+    def _idle_sweep(self, chunk: int = 2000) -> None:
+        """While no events arrive, re-assess every user against the current model, a chunk per idle poll.
+
+        Batches only re-check users of clusters that moved, within a budget; once the input goes
+        quiet this sweep makes every user's published assignment agree with the final model
+        (up to the hysteresis margin). It starts again whenever the model version changed.
+        """
+        pipe = self._pipeline
+        if not pipe.model.is_initialised or self._pending_assignment is not None:
+            return
+        if not self._sweep:
+            if self._swept_version == pipe.model.version:
+                return
+            self._sweep = list(pipe.profiles.user_ids())
+            self._sweep_version = pipe.model.version
+        users, self._sweep = self._sweep[:chunk], self._sweep[chunk:]
+        changes = pipe.reassess(users, int(time.time() * 1000))
+        if changes:
+            sends = [(self.settings.assignments_topic, c.user_id.encode(), encode_record(c), [],
+                      self._user_partition.get(c.user_id)) for c in changes]
+            try:
+                if self._commit_batch(sends, {}) is None:
+                    return
+            except FatalKafkaError:
+                raise
+            except Exception as exc:
+                self._recover(exc)
+                return
+            self.metrics.changes.inc(len(changes))
+            self._observe_clusters()
+        if not self._sweep:
+            self._swept_version = self._sweep_version
+
+    def _observe_clusters(self) -> None:
+        pipe = self._pipeline
+        for cluster, size in enumerate(pipe.tracker.cluster_sizes(pipe.model.n_clusters)):
+            self.metrics.cluster_size.labels(cluster=str(cluster)).set(int(size))
+
     @staticmethod
     def _batch_users(records: list) -> dict[str, int]:
         """User id → events partition for the records of a batch (from the key, else the payload)."""
@@ -646,12 +722,14 @@ class InterestService:
             self._wait_for_catalog(records)
         source = [SourceRecord(value=r.value, key=r.key, timestamp_ms=r.timestamp, topic=r.topic,
                                partition=r.partition, offset=r.offset) for r in records]
-        out = self._run_batch(source, int(time.time() * 1000))
+        now_ms = int(time.time() * 1000)
+        out = self._run_batch(source, now_ms)
         batch_users = self._batch_users(records)
-        sends = self._outputs(out, batch_users)
+        sends = self._outputs(out, batch_users, now_ms)
         offsets = self._offsets(records)
         try:
-            if not self._commit_batch(sends, offsets):
+            futures = self._commit_batch(sends, offsets)
+            if futures is None:
                 return  # stopping while Kafka is unreachable (at-least-once): reprocessed on restart
         except FatalKafkaError:
             raise
@@ -663,10 +741,13 @@ class InterestService:
             return
         publish_ms = time.time() * 1000
         self.metrics.last_commit.set(time.time())
+        for (topic, *_), future in zip(sends, futures, strict=True):
+            if topic == self.updates_topic and future.is_done and future.succeeded():
+                self._updates_hint = future.value.offset
         self.batches += 1
         self._observe(records, out, publish_ms, time.monotonic() - t0)
 
-    def _outputs(self, out, batch_users: dict[str, int]) -> list[Send]:
+    def _outputs(self, out, batch_users: dict[str, int], now_ms: int) -> list[Send]:
         s = self.settings
         pipe = self._pipeline
         sends: list[Send] = []
@@ -691,11 +772,18 @@ class InterestService:
                                             rejection.detail), None))
         sends.extend(self._pending_dead_letters)
         self._pending_dead_letters = []
+        if out.stats is not None:  # the trainer step, so a restore can replay it exactly
+            sends.append((self.updates_topic, self._writer,
+                          model_update_to_bytes(pipe.trainer.updates, out.stats, out.label_stats, now_ms), [], 0))
         self._since_model_snapshot += 1
         if self._since_model_snapshot >= s.model_snapshot_every and pipe.model.is_initialised:
-            sends.append((self.model_topic, b"model", model_state_to_bytes(pipe), [], 0))
+            sends.append((self.model_topic, b"model", self._model_snapshot(), [], 0))
             self._since_model_snapshot = 0
         return sends
+
+    def _model_snapshot(self) -> bytes:
+        return model_state_to_bytes(self._pipeline, writer=self.settings.transactional_id,
+                                    updates_offset=self._updates_hint)
 
     @staticmethod
     def _offsets(records: list) -> dict:
@@ -736,25 +824,29 @@ class InterestService:
         return [self.producer.send(topic, key=key, value=value, headers=headers, partition=partition)
                 for topic, key, value, headers, partition in sends]
 
-    def _send_and_flush(self, sends: list[Send]) -> bool:
+    def _send_and_flush(self, sends: list[Send]) -> list:
         futures = self._send(sends)
         self.producer.flush(timeout=30)
         for f in futures:
             f.get(timeout=0)  # raises the delivery error, if any
-        return True
+        return futures
 
-    def _commit_batch(self, sends: list[Send], offsets: dict) -> bool:
-        """Publish ``sends`` and commit ``offsets``: one transaction, or flush-then-commit."""
+    def _commit_batch(self, sends: list[Send], offsets: dict) -> list | None:
+        """Publish ``sends`` and commit ``offsets``: one transaction, or flush-then-commit.
+
+        Returns the send futures (all acknowledged), or None when stopped while Kafka is unreachable.
+        """
         if self.exactly_once:
             producer = self.producer
             producer.begin_transaction()
-            self._send(sends)
+            futures = self._send(sends)
             if offsets:
                 producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
             producer.commit_transaction()
-            return True
-        if sends and self._retrying("produce", lambda: self._send_and_flush(sends)) is None:
-            return False
+            return futures
+        futures = self._retrying("produce", lambda: self._send_and_flush(sends)) if sends else []
+        if futures is None:
+            return None
         if offsets:
             from kafka.errors import CommitFailedError
 
@@ -767,7 +859,7 @@ class InterestService:
                 return True
 
             self._retrying("commit", do_commit)
-        return True
+        return futures
 
     def _final_model_snapshot(self) -> None:
         """At shutdown: write the model so the next start continues it (best effort)."""
@@ -775,7 +867,7 @@ class InterestService:
         if self.producer is None or pipe is None or not pipe.model.is_initialised or self._since_model_snapshot == 0:
             return
         try:
-            self._commit_batch([(self.model_topic, b"model", model_state_to_bytes(pipe), [], 0)], {})
+            self._commit_batch([(self.model_topic, b"model", self._model_snapshot(), [], 0)], {})
             log.info("model version %d written to %s", pipe.model.version, self.model_topic)
         except Exception as exc:
             log.warning("could not write the final model snapshot: %s", exc)
@@ -802,9 +894,7 @@ class InterestService:
         m.cache_misses.inc(stats["cache_misses"] - self._prev["cache_misses"])
         m.truncated.inc(stats["truncated"] - self._prev["truncated"])
         self._prev = {k: stats[k] for k in self._prev}
-        sizes = pipe.tracker.cluster_sizes(pipe.model.n_clusters)
-        for cluster, size in enumerate(sizes):
-            m.cluster_size.labels(cluster=str(cluster)).set(int(size))
+        self._observe_clusters()
         if out.movement is not None:
             for cluster, moved in enumerate(out.movement):
                 m.movement.labels(cluster=str(cluster)).set(float(moved))

@@ -117,6 +117,10 @@ class ServiceSettings(BaseSettings):
     model_changelog_topic: str = Field(
         "", description="Compacted changelog of the clustering model; default: <group_id>-model-changelog."
     )
+    model_updates_topic: str = Field(
+        "", description="Log of every trainer step since the last model snapshot (delete policy); "
+        "default: <group_id>-model-updates."
+    )
     model_snapshot_every: int = Field(
         10, ge=1, description="Write the model to its changelog every this many batches (and at shutdown)."
     )
@@ -202,10 +206,11 @@ class ServiceSettings(BaseSettings):
         settings._config_file = config_file
         return settings
 
-    def changelog_topics(self) -> tuple[str, str]:
-        """The profiles and model changelog topic names (defaults derived from the group id)."""
+    def changelog_topics(self) -> tuple[str, str, str]:
+        """The profiles changelog, model changelog and model update log (defaults derived from the group id)."""
         return (self.profiles_changelog_topic or f"{self.group_id}-profiles-changelog",
-                self.model_changelog_topic or f"{self.group_id}-model-changelog")
+                self.model_changelog_topic or f"{self.group_id}-model-changelog",
+                self.model_updates_topic or f"{self.group_id}-model-updates")
 
     @property
     def transactional_id(self) -> str:

@@ -25,8 +25,20 @@ Example:
 >>> data = model_state_to_bytes(pipe)
 >>> fresh = Pipeline(ClusteringSettings(n_clusters=2), LengthEncoder())
 >>> restore_model_state(fresh, data)
+('', 0)
 >>> fresh.model.version == pipe.model.version, bool(np.allclose(fresh.model.centroids, pipe.model.centroids))
 (True, True)
+
+Replaying a logged trainer step continues the model exactly:
+
+>>> more = [SourceRecord(f'{{"user_id": "v{i}", "ts": {i}, "text": "{"y" * i}"}}'.encode(), None, None)
+...         for i in range(1, 9)]
+>>> result = pipe.process_batch(more, now_ms=1)
+>>> step = model_update_to_bytes(pipe.trainer.updates, result.stats, result.label_stats, 1)
+>>> apply_model_update(fresh, step) == pipe.trainer.updates
+True
+>>> bool(np.array_equal(fresh.model.centroids, pipe.model.centroids))
+True
 """
 
 from __future__ import annotations
@@ -55,9 +67,51 @@ class _ModelStateWire(msgspec.Struct):
     trainer_snapshots: int
     trainer_published: bytes | None  # float32 (k, dim): centroids of the last published snapshot
     event_clock_ms: int
+    writer: str = ""  # who wrote it (the member's transactional id): its update log continues it
+    updates_offset: int = 0  # where that writer's update log continues (a hint; older updates are skipped)
 
 
-def model_state_to_bytes(pipeline: Pipeline) -> bytes:
+class ModelUpdate(msgspec.Struct):
+    """One trainer step: the statistics a batch applied, numbered by the trainer's update count.
+
+    Replaying the updates after a snapshot, in order, rebuilds the model bit for bit: the
+    trainer is deterministic given its state (the random generator's state included).
+    """
+
+    seq: int
+    stats: bytes
+    label_stats: bytes | None
+    now_ms: int
+
+
+def model_update_to_bytes(seq: int, stats, label_stats, now_ms: int) -> bytes:
+    """Encode one trainer step (``seq`` = the trainer's update count after applying it)."""
+    return msgspec.msgpack.encode(ModelUpdate(
+        seq=int(seq), stats=stats.to_bytes(),
+        label_stats=label_stats.to_bytes() if label_stats is not None else None, now_ms=int(now_ms)))
+
+
+def apply_model_update(pipeline: Pipeline, data: bytes) -> int:
+    """Apply an encoded trainer step to ``pipeline`` if it is the next one; returns the trainer's update count.
+
+    Steps already contained in the model (``seq`` not above the count) are skipped; a gap raises.
+    """
+    from stream.kmeans import BatchStatistics
+    from stream.labels import LabelStatistics
+
+    update = msgspec.msgpack.decode(data, type=ModelUpdate)
+    current = pipeline.trainer.updates
+    if update.seq <= current:
+        return current
+    if update.seq != current + 1:
+        raise ModelStateError(f"model update log has a gap: at step {current}, next record is step {update.seq}")
+    stats = BatchStatistics.from_bytes(update.stats)
+    labels = LabelStatistics.from_bytes(update.label_stats) if update.label_stats is not None else None
+    pipeline.trainer.apply(stats, labels, update.now_ms)
+    return pipeline.trainer.updates
+
+
+def model_state_to_bytes(pipeline: Pipeline, *, writer: str = "", updates_offset: int = 0) -> bytes:
     """Serialise the model side of ``pipeline`` (model, labels, trainer cadence, event clock)."""
     trainer = pipeline.trainer
     published = trainer._published
@@ -70,12 +124,17 @@ def model_state_to_bytes(pipeline: Pipeline) -> bytes:
         trainer_snapshots=int(trainer.snapshots_published),
         trainer_published=None if published is None else np.asarray(published, dtype="<f4").tobytes(),
         event_clock_ms=int(pipeline.event_clock_ms),
+        writer=writer,
+        updates_offset=int(updates_offset),
     )
     return msgspec.msgpack.encode(wire)
 
 
-def restore_model_state(pipeline: Pipeline, data: bytes) -> None:
-    """Load a model state into ``pipeline`` in place (its stages keep their references)."""
+def restore_model_state(pipeline: Pipeline, data: bytes) -> tuple[str, int]:
+    """Load a model state into ``pipeline`` in place (its stages keep their references).
+
+    Returns ``(writer, updates_offset)``: whose update log continues this state, and from where.
+    """
     from stream.kmeans import MiniBatchKMeans
     from stream.labels import ClusterLabeler
 
@@ -102,3 +161,4 @@ def restore_model_state(pipeline: Pipeline, data: bytes) -> None:
     if wire.trainer_published is not None:
         trainer._published = np.frombuffer(wire.trainer_published, dtype="<f4").reshape(model.n_clusters, -1).copy()
     pipeline.event_clock_ms = max(pipeline.event_clock_ms, wire.event_clock_ms)
+    return wire.writer, wire.updates_offset

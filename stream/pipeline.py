@@ -76,6 +76,10 @@ class BatchResult:
     version: int
     movement: np.ndarray | None
     reseeded: list[int] = field(default_factory=list)
+    #: The batch's additive model statistics and label statistics, as applied by the trainer
+    #: (``None`` for a batch without applied events). The service logs them for exact restores.
+    stats: Any = None
+    label_stats: Any = None
 
 
 class Pipeline:
@@ -171,7 +175,24 @@ class Pipeline:
             version=trained.version,
             movement=trained.movement,
             reseeded=trained.reseeded,
+            stats=prepared.stats,
+            label_stats=prepared.label_stats,
         )
+
+    def reassess(self, user_ids: Sequence[str], now_ms: int) -> list[AssignmentChange]:
+        """Re-assess these users against the current model (an idle sweep); returns the changes.
+
+        The same hysteresis rule as after a batch applies, so a settled user emits nothing.
+        """
+        users = [u for u in user_ids if u in self.profiles]
+        if not users or not self.model.is_initialised:
+            return []
+        directions = self.profiles.directions(self.profiles.slots_of(users))
+        sims = self.model.similarities(directions)
+        event_ts = np.fromiter((self.profiles.ref_ms(u) for u in users), dtype=np.int64, count=len(users))
+        changes = self.tracker.assess(users, directions, sims, self.model.version, event_ts, now_ms)
+        self.worker.counters.changes += len(changes)
+        return changes
 
     def snapshot(self, now_ms: int) -> list[CentroidSnapshot]:
         """A full centroid snapshot now (e.g. the final state written by ``replay --centroids``)."""
