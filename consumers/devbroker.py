@@ -8,6 +8,14 @@ own process group. It is ready when a metadata request succeeds; it stops with S
 a grace period) and removes its data directory unless asked to keep it. :meth:`DevBroker.restart`
 brings it back on the same ports and data, for fault tests.
 
+``scram_users={"alice": "alice-secret"}`` adds a ``SASL_PLAINTEXT`` listener on a free port
+(:attr:`DevBroker.sasl_bootstrap_servers`) that authenticates with SCRAM-SHA-512 and SCRAM-SHA-256;
+the users' credentials are written into the KRaft metadata when the storage is formatted
+(``StorageTool format --add-scram``), and :meth:`DevBroker.add_scram_user` adds more later through the
+admin client. ``ssl=True`` adds a ``SASL_SSL`` listener too (:attr:`DevBroker.sasl_ssl_bootstrap_servers`),
+with a self-signed certificate made by ``keytool`` in the data directory (:attr:`DevBroker.ssl_cafile`,
+PEM, for ``ssl_cafile``). PLAINTEXT stays the inter-broker listener and CONTROLLER the KRaft one.
+
 Example (needs Java 17+ and Maven; not run as a doctest)::
 
     with DevBroker() as broker:
@@ -22,6 +30,11 @@ Rendering the configuration needs neither Java nor Kafka:
     'PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093'
     >>> "process.roles=broker,controller" in render_server_properties(props)
     True
+    >>> scram = scram_properties(("SCRAM-SHA-512",), listener_names=("SASL_PLAINTEXT",))
+    >>> scram["sasl.enabled.mechanisms"], sorted(scram)[0]
+    ('SCRAM-SHA-512', 'listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config')
+    >>> scram_format_args({"alice": "s3cret"}, ("SCRAM-SHA-512",))
+    ['--add-scram', 'SCRAM-SHA-512=[name=alice,password=s3cret]']
 """
 
 from __future__ import annotations
@@ -35,6 +48,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -224,6 +238,42 @@ def new_cluster_id() -> str:
             return cid
 
 
+SCRAM_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256")
+SASL_LISTENER = "SASL_PLAINTEXT"
+SASL_SSL_LISTENER = "SASL_SSL"
+_SCRAM_SAFE = re.compile(r"[A-Za-z0-9._@+\-]+")  # what --add-scram parses without quoting trouble
+
+
+def scram_properties(mechanisms: tuple[str, ...] = SCRAM_MECHANISMS, *,
+                     listener_names: tuple[str, ...] = (SASL_LISTENER,)) -> dict[str, str]:
+    """Broker properties that make ``listener_names`` authenticate clients with SCRAM ``mechanisms``.
+
+    The broker side of SCRAM needs a JAAS entry per listener and mechanism, but no credentials in
+    it: the inter-broker listener stays PLAINTEXT, and the users live in the KRaft metadata.
+    """
+    for mech in mechanisms:
+        if mech not in SCRAM_MECHANISMS:
+            raise BrokerError(f"unsupported SCRAM mechanism {mech!r}; use one of {SCRAM_MECHANISMS}")
+    props = {"sasl.enabled.mechanisms": ",".join(mechanisms)}
+    for name in listener_names:
+        for mech in mechanisms:
+            props[f"listener.name.{name.lower()}.{mech.lower()}.sasl.jaas.config"] = (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;")
+    return props
+
+
+def scram_format_args(users: Mapping[str, str], mechanisms: tuple[str, ...] = SCRAM_MECHANISMS) -> list[str]:
+    """``StorageTool format`` arguments that create each user's credential for every mechanism."""
+    args: list[str] = []
+    for name, password in users.items():
+        if not _SCRAM_SAFE.fullmatch(name) or not _SCRAM_SAFE.fullmatch(password):
+            raise BrokerError(f"SCRAM user names and passwords for the dev broker must match {_SCRAM_SAFE.pattern}"
+                              f" (got user {name!r}); add others with DevBroker.add_scram_user")
+        for mech in mechanisms:
+            args += ["--add-scram", f"{mech}=[name={name},password={password}]"]
+    return args
+
+
 # ------------------------------------------------------------------------------------------- broker
 
 
@@ -233,13 +283,21 @@ class DevBroker:
     ``data_dir`` defaults to a new temporary directory. Ports default to free ones chosen at the first
     :meth:`start` and are kept for :meth:`restart`. ``detach=True`` (the CLI) lets the JVM outlive this
     Python process; otherwise it is stopped when this process exits, even if it is killed.
+
+    ``scram_users`` (name -> password) adds a SASL_PLAINTEXT listener authenticating with
+    ``scram_mechanisms`` (:attr:`sasl_bootstrap_servers`); ``ssl=True`` adds a SASL_SSL one as well
+    (:attr:`sasl_ssl_bootstrap_servers`, CA certificate :attr:`ssl_cafile`). :meth:`client_options`
+    gives the matching kafka-python settings.
     """
 
     def __init__(self, data_dir: Path | str | None = None, *, broker_port: int = 0, controller_port: int = 0,
                  extra_listeners: tuple[Listener, ...] = (), extra_properties: Mapping[str, str] | None = None,
                  jvm_opts: tuple[str, ...] = DEFAULT_JVM_OPTS, startup_timeout: float = 90.0,
                  keep_data: bool = False, detach: bool = False, pom: Path = POM,
-                 cache_root: Path | None = None, java: str | None = None) -> None:
+                 cache_root: Path | None = None, java: str | None = None,
+                 scram_users: Mapping[str, str] | None = None,
+                 scram_mechanisms: tuple[str, ...] = SCRAM_MECHANISMS, sasl_port: int = 0,
+                 ssl: bool = False, sasl_ssl_port: int = 0) -> None:
         self._owns_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.broker_port = broker_port
@@ -259,11 +317,77 @@ class DevBroker:
         self._proc: subprocess.Popen[bytes] | None = None
         self.last_start_seconds: float | None = None
         self._atexit_registered = False
+        self.scram_users = dict(scram_users or {})
+        self.scram_mechanisms = tuple(scram_mechanisms)
+        if ssl and not self.scram_users:
+            raise BrokerError("ssl=True adds a SASL_SSL listener: give scram_users too")
+        scram_properties(self.scram_mechanisms)  # validates the mechanisms
+        scram_format_args(self.scram_users, self.scram_mechanisms)  # ... and the names and passwords
+        self.sasl_port = sasl_port if self.scram_users else 0
+        self.ssl = ssl
+        self.sasl_ssl_port = sasl_ssl_port if ssl else 0
 
     # -- paths
     @property
     def bootstrap_servers(self) -> str:
         return f"{HOST}:{self.broker_port}"
+
+    @property
+    def sasl_bootstrap_servers(self) -> str:
+        """host:port of the SASL_PLAINTEXT (SCRAM) listener; only with ``scram_users``."""
+        if not self.scram_users:
+            raise BrokerError("this broker has no SASL listener: pass scram_users={...}")
+        return f"{HOST}:{self.sasl_port}"
+
+    @property
+    def sasl_ssl_bootstrap_servers(self) -> str:
+        """host:port of the SASL_SSL (SCRAM over TLS) listener; only with ``ssl=True``."""
+        if not self.ssl:
+            raise BrokerError("this broker has no SASL_SSL listener: pass ssl=True (and scram_users)")
+        return f"{HOST}:{self.sasl_ssl_port}"
+
+    @property
+    def ssl_cafile(self) -> Path:
+        """PEM certificate of the SASL_SSL listener (self-signed, for 127.0.0.1 and localhost)."""
+        return self._dir / "tls" / "broker.pem"
+
+    def client_options(self, user: str | None = None, password: str | None = None, *,
+                       mechanism: str | None = None, ssl: bool = False) -> dict[str, Any]:
+        """kafka-python settings for the SCRAM listener (``ssl=True``: the SASL_SSL one).
+
+        ``user`` defaults to the first of ``scram_users`` and ``password`` to its password.
+        """
+        if user is None:
+            user = next(iter(self.scram_users), None)
+            if user is None:
+                raise BrokerError("this broker has no SCRAM users")
+        if password is None:
+            password = self.scram_users[user]
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.sasl_ssl_bootstrap_servers if ssl else self.sasl_bootstrap_servers,
+            "security_protocol": "SASL_SSL" if ssl else "SASL_PLAINTEXT",
+            "sasl_mechanism": mechanism or self.scram_mechanisms[0],
+            "sasl_plain_username": user,
+            "sasl_plain_password": password,
+        }
+        if ssl:
+            options["ssl_cafile"] = str(self.ssl_cafile)
+        return options
+
+    def add_scram_user(self, user: str, password: str, mechanisms: tuple[str, ...] | None = None) -> None:
+        """Create or update ``user``'s SCRAM credentials on the running broker (admin client, PLAINTEXT)."""
+        from kafka import KafkaAdminClient
+        from kafka.admin import UserScramCredentialUpsertion
+
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers, client_id="devbroker-scram")
+        try:
+            for mech in mechanisms or self.scram_mechanisms:  # one credential of a user per request
+                result = admin.alter_user_scram_credentials([UserScramCredentialUpsertion(user, mech, password)])
+                if result.get(user):
+                    raise BrokerError(f"adding SCRAM user {user!r} ({mech}) failed: {result[user]}")
+        finally:
+            admin.close()
+        self.scram_users[user] = password
 
     @property
     def log_path(self) -> Path:
@@ -302,7 +426,8 @@ class DevBroker:
         return self
 
     def _start_in(self, lib: Path) -> None:
-        chosen = (not self.broker_port, not self.controller_port)  # ports we may pick again
+        # ports we may pick again
+        chosen = (not self.broker_port, not self.controller_port, not self.sasl_port, not self.sasl_ssl_port)
         for attempt in range(3):
             self._choose_ports()
             self._write_config()
@@ -318,6 +443,8 @@ class DevBroker:
                 # someone took a port we picked before the JVM bound it: pick again
                 self.broker_port = 0 if chosen[0] else self.broker_port
                 self.controller_port = 0 if chosen[1] else self.controller_port
+                self.sasl_port = 0 if chosen[2] else self.sasl_port
+                self.sasl_ssl_port = 0 if chosen[3] else self.sasl_ssl_port
 
     def stop(self, keep_data: bool | None = None, timeout: float = 30.0) -> None:
         """SIGTERM the broker's process group, SIGKILL after ``timeout`` s; remove the data unless kept."""
@@ -334,9 +461,9 @@ class DevBroker:
             self.cluster_id = None
         if down_seconds:
             time.sleep(down_seconds)
-        ports = (self.broker_port, self.controller_port)
+        ports = (self.broker_port, self.controller_port, self.sasl_port, self.sasl_ssl_port)
         self.start()
-        if (self.broker_port, self.controller_port) != ports:
+        if (self.broker_port, self.controller_port, self.sasl_port, self.sasl_ssl_port) != ports:
             raise BrokerError(f"restart moved the broker from ports {ports}")
         return self
 
@@ -361,6 +488,8 @@ class DevBroker:
             "log": str(self.log_path) if self.data_dir else None,
             "cluster_id": self.cluster_id,
             "kafka_version": self.version,
+            **({"sasl_bootstrap_servers": self.sasl_bootstrap_servers} if self.scram_users else {}),
+            **({"sasl_ssl_bootstrap_servers": self.sasl_ssl_bootstrap_servers} if self.ssl else {}),
         }
 
     @classmethod
@@ -390,16 +519,77 @@ class DevBroker:
     # -- internals
     def _choose_ports(self) -> None:
         taken = {lst.port for lst in self.extra_listeners}
+        taken |= {p for p in (self.sasl_port, self.sasl_ssl_port) if p}
         if not self.broker_port:
             self.broker_port = free_port(exclude=taken)
         taken.add(self.broker_port)
         if not self.controller_port:
             self.controller_port = free_port(exclude=taken)
+        taken.add(self.controller_port)
+        if self.scram_users and not self.sasl_port:
+            self.sasl_port = free_port(exclude=taken)
+            taken.add(self.sasl_port)
+        if self.ssl and not self.sasl_ssl_port:
+            self.sasl_ssl_port = free_port(exclude=taken)
+
+    def _security_listeners(self) -> tuple[Listener, ...]:
+        listeners = []
+        if self.scram_users:
+            listeners.append(Listener(SASL_LISTENER, self.sasl_port, protocol="SASL_PLAINTEXT"))
+        if self.ssl:
+            listeners.append(Listener(SASL_SSL_LISTENER, self.sasl_ssl_port, protocol="SASL_SSL"))
+        return tuple(listeners)
+
+    def _security_properties(self) -> dict[str, str]:
+        if not self.scram_users:
+            return {}
+        names = tuple(lst.name for lst in self._security_listeners())
+        props = scram_properties(self.scram_mechanisms, listener_names=names)
+        if self.ssl:
+            keystore, password = self._ensure_certificate()
+            prefix = f"listener.name.{SASL_SSL_LISTENER.lower()}"
+            props.update({
+                f"{prefix}.ssl.keystore.type": "PKCS12",
+                f"{prefix}.ssl.keystore.location": str(keystore),
+                f"{prefix}.ssl.keystore.password": password,
+                f"{prefix}.ssl.key.password": password,
+            })
+        return props
+
+    def _ensure_certificate(self) -> tuple[Path, str]:
+        """A self-signed PKCS12 keystore for 127.0.0.1/localhost and its PEM certificate (keytool)."""
+        tls = self._dir / "tls"
+        keystore, pem, secret = tls / "broker.p12", tls / "broker.pem", tls / "keystore-password"
+        if keystore.exists() and pem.exists() and secret.exists():
+            return keystore, secret.read_text().strip()
+        keytool = shutil.which("keytool") or str(Path(self.java).with_name("keytool"))
+        if not Path(keytool).exists() and shutil.which(keytool) is None:
+            raise BrokerError("keytool (from the JDK) is needed for the SASL_SSL listener")
+        tls.mkdir(parents=True, exist_ok=True)
+        password = secrets.token_hex(16)
+        for path in (keystore, pem):
+            path.unlink(missing_ok=True)
+        steps = [
+            [keytool, "-genkeypair", "-alias", "broker", "-keyalg", "RSA", "-keysize", "2048", "-validity", "30",
+             "-dname", "CN=127.0.0.1, OU=interest-stream devbroker", "-ext", "SAN=ip:127.0.0.1,dns:localhost",
+             "-storetype", "PKCS12", "-keystore", str(keystore), "-storepass", password, "-keypass", password],
+            [keytool, "-exportcert", "-rfc", "-alias", "broker", "-keystore", str(keystore),
+             "-storetype", "PKCS12", "-storepass", password, "-file", str(pem)],
+        ]
+        for cmd in steps:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+            if proc.returncode != 0:
+                raise BrokerError(f"keytool failed ({proc.returncode}):\n{_tail(proc.stdout + proc.stderr)}")
+        secret.write_text(password + "\n")
+        secret.chmod(0o600)
+        return keystore, password
 
     def _write_config(self) -> None:
         values = broker_properties(self._dir / "kraft", broker_port=self.broker_port,
-                                   controller_port=self.controller_port, extra_listeners=self.extra_listeners)
-        self.properties_path.write_text(render_server_properties(values, self.extra_properties))
+                                   controller_port=self.controller_port,
+                                   extra_listeners=(*self.extra_listeners, *self._security_listeners()))
+        extra = {**self._security_properties(), **self.extra_properties}
+        self.properties_path.write_text(render_server_properties(values, extra))
 
     def _format(self, lib: Path) -> None:
         meta = self._dir / "kraft" / "meta.properties"
@@ -409,7 +599,8 @@ class DevBroker:
             return
         self.cluster_id = self.cluster_id or new_cluster_id()
         cmd = [self.java, "-Xmx256m", "-XX:TieredStopAtLevel=1", *self._jvm_base(lib), "kafka.tools.StorageTool", "format",
-               "-t", self.cluster_id, "-c", str(self.properties_path)]
+               "-t", self.cluster_id, "-c", str(self.properties_path),
+               *scram_format_args(self.scram_users, self.scram_mechanisms)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
             raise BrokerError(f"formatting KRaft storage failed:\n{_tail(proc.stdout + proc.stderr)}")
@@ -445,6 +636,10 @@ class DevBroker:
             if _port_open(HOST, self.broker_port):
                 try:
                     probe_metadata(self.bootstrap_servers, timeout=5.0)
+                    if self.scram_users:  # the credentials from format time work on the SASL listener(s)
+                        probe_metadata(timeout=5.0, **self.client_options())
+                    if self.ssl:
+                        probe_metadata(timeout=5.0, **self.client_options(ssl=True))
                     return
                 except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
                     last_error = f"{type(exc).__name__}: {exc}"
@@ -485,13 +680,16 @@ class DevBroker:
         self.pid = None
 
 
-def probe_metadata(bootstrap_servers: str, timeout: float = 5.0) -> dict[str, Any]:
-    """One metadata round trip (``describe_cluster``); raises unless a broker is registered."""
+def probe_metadata(bootstrap_servers: str, timeout: float = 5.0, **client_options: Any) -> dict[str, Any]:
+    """One metadata round trip (``describe_cluster``); raises unless a broker is registered.
+
+    ``client_options`` are extra kafka-python settings (SASL/SSL) for the admin client.
+    """
     from kafka import KafkaAdminClient
 
     ms = int(timeout * 1000)
     admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="devbroker-probe",
-                             bootstrap_timeout_ms=ms, request_timeout_ms=ms)
+                             bootstrap_timeout_ms=ms, request_timeout_ms=ms, **client_options)
     try:
         cluster = admin.describe_cluster()
     finally:

@@ -350,6 +350,9 @@ class InterestService:
         return producer
 
     def _connect(self) -> bool:
+        from consumers.kafka_compat import install as install_kafka_fixes
+
+        install_kafka_fixes()  # kafka-python 3.0.x: refused SASL credentials raise instead of timing out
         from kafka import KafkaAdminClient, KafkaConsumer
         from kafka.consumer.subscription_state import ConsumerRebalanceListener
 
@@ -567,6 +570,7 @@ class InterestService:
         self._user_partition.clear()
         self._model_restored = False
         self._sweep, self._swept_version = [], -1
+        self._prev = dict.fromkeys(self._prev, 0)  # the new pipeline's counters start at zero
         owned = sorted(self._owned)
         if self._retrying("recover", lambda: self._restore(owned)) is None:
             return
@@ -890,9 +894,9 @@ class InterestService:
         m.users.set(len(pipe.profiles))
         m.model_version.set(pipe.model.version)
         stats = pipe.counters_snapshot()
-        m.cache_hits.inc(stats["cache_hits"] - self._prev["cache_hits"])
-        m.cache_misses.inc(stats["cache_misses"] - self._prev["cache_misses"])
-        m.truncated.inc(stats["truncated"] - self._prev["truncated"])
+        m.cache_hits.inc(max(0, stats["cache_hits"] - self._prev["cache_hits"]))
+        m.cache_misses.inc(max(0, stats["cache_misses"] - self._prev["cache_misses"]))
+        m.truncated.inc(max(0, stats["truncated"] - self._prev["truncated"]))
         self._prev = {k: stats[k] for k in self._prev}
         self._observe_clusters()
         if out.movement is not None:

@@ -41,7 +41,8 @@ Rules (the JSON Schema ``deploy/schemas/behaviour-event.schema.json`` says the s
   nested deeper than the parser's limit (~1000 levels) -> ``too_large``. A null or
   empty value -> ``empty_message``; bytes that are not UTF-8 -> ``not_utf8``; broken
   JSON -> ``not_json``; a JSON value that is not an object -> ``not_object``; a number
-  out of the float range anywhere -> ``bad_field``.
+  out of the float range in a contract field -> ``bad_field`` (ignored fields are only
+  checked for UTF-8).
 
 ``unknown_item`` is not produced here (decoding does not know the catalog): the
 embedding stage uses it for an ``item_id`` with no text that the catalog lacks.
@@ -57,6 +58,8 @@ ForgetEvent(user_id='u1', ts_ms=0)
 >>> decode_event(b'{"user_id": "u1", "ts": 1}').reason
 'no_text_or_item'
 >>> decode_event(b'\\xff\\xfe').reason
+'not_utf8'
+>>> decode_event(b'{"user_id": "u1", "text": "x", "extra\\xff": 1}').reason  # anywhere, even in ignored fields
 'not_utf8'
 >>> event = decode_event(b'{"user_id": "u1", "ts": "2024-01-01T00:00:00Z", "text": "x"}')
 >>> event.ts_ms, encode_event(event)
@@ -263,6 +266,11 @@ def _decode(
         return _reject(RejectReason.TOO_LARGE, f"{len(raw)} bytes > max_bytes {limits.max_bytes}")
     if not raw or raw.isspace():
         return _reject(RejectReason.EMPTY_MESSAGE, "empty record value")
+    if not raw.isascii():  # msgspec skips unknown fields without checking their UTF-8
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return _reject(RejectReason.NOT_UTF8, str(exc))
     try:
         wire = _decoder.decode(raw)
     except UnicodeDecodeError as exc:
@@ -273,10 +281,6 @@ def _decode(
             return _reject(RejectReason.NOT_OBJECT, message)
         return _reject(RejectReason.BAD_FIELD, message)
     except msgspec.DecodeError as exc:
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError as uexc:
-            return _reject(RejectReason.NOT_UTF8, str(uexc))
         return _reject(RejectReason.NOT_JSON, str(exc))
     except RecursionError:
         return _reject(RejectReason.TOO_LARGE, "JSON nested too deeply")

@@ -1,0 +1,110 @@
+"""Make kafka-python 3.0.x report refused SASL credentials instead of retrying until a timeout.
+
+With kafka-python 3.0.12 and a real broker (Kafka 4.2, SCRAM), a wrong password never raises
+``SaslAuthenticationFailedError``: every client constructor (``KafkaAdminClient``,
+``KafkaProducer``, ``KafkaConsumer``) retries the bootstrap connection until
+``bootstrap_timeout_ms`` and then raises the *retriable* ``KafkaTimeoutError('Unable to bootstrap
+from ...')``. Two defects combine:
+
+1. ``kafka.net.transport.KafkaTCPTransport._read_from_sock`` drops the bytes of a read that also saw
+   end-of-file. The broker sends its ``SaslAuthenticate`` error response (error 58, "Authentication
+   failed during authentication due to invalid credentials ...") and closes the socket at once, so the
+   response is usually lost and the client only logs ``KafkaConnectionError: socket disconnected``.
+2. ``kafka.net.connection.KafkaConnection.initialize`` catches every error and only closes the
+   connection, so ``KafkaConnectionManager._connect`` never records the authentication failure that
+   ``get_connection`` (``maybe_raise_auth_failure``) would raise, and ``_do_bootstrap`` treats it
+   as one more retriable failure.
+
+:func:`install` patches both (idempotent; a no-op when the patched functions are missing, e.g. in
+another kafka-python version): received bytes are handed to the protocol before the end-of-file is
+acted on, and ``initialize`` re-raises authentication and authorisation errors after closing the
+connection. A wrong password then makes the client constructor raise
+``kafka.errors.SaslAuthenticationFailedError`` within a second or so.
+
+>>> install() in (True, False)
+True
+>>> install()  # already installed (or not applicable): nothing to do
+False
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+log = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_installed = False
+
+
+def install() -> bool:
+    """Apply the patches once; True when they were applied by this call."""
+    global _installed
+    with _lock:
+        if _installed:
+            return False
+        _installed = True
+        try:
+            import kafka.errors as errors
+            from kafka.net import connection as kconn
+            from kafka.net import transport as ktransport
+        except ImportError:  # another kafka-python layout: nothing to patch
+            return False
+        tcp = getattr(ktransport, "KafkaTCPTransport", None)
+        conn_cls = getattr(kconn, "KafkaConnection", None)
+        if tcp is None or conn_cls is None or not hasattr(tcp, "_read_from_sock") \
+                or not hasattr(conn_cls, "initialize"):
+            return False
+        _patch_transport(tcp, errors)
+        _patch_initialize(conn_cls, errors)
+        return True
+
+
+def _patch_transport(tcp, errors) -> None:
+    async def _read_from_sock(self):
+        while self._read and not self._closed:
+            await self._net.wait_read(self._sock)
+            recvd_data, err = self._sock_recv()
+            if recvd_data:
+                self.last_read = time.monotonic()
+                if self._protocol and getattr(self._protocol, "_sensors", None):
+                    self._protocol._sensors.bytes_received.record(len(recvd_data))
+                try:
+                    self._protocol.data_received(recvd_data)
+                except errors.KafkaProtocolError as exc:
+                    return self.abort(error=exc)
+            if err:
+                return self.abort(error=err)
+
+    _read_from_sock.__doc__ = "Deliver what was read before acting on end-of-file (interest-stream patch)."
+    tcp._read_from_sock = _read_from_sock
+
+
+def _patch_initialize(conn_cls, errors) -> None:
+    original = conn_cls.initialize
+    fatal = tuple(getattr(errors, name) for name in ("SaslAuthenticationFailedError", "AuthorizationError",
+                                                     "AuthenticationFailedError", "UnsupportedSaslMechanismError")
+                  if hasattr(errors, name))
+
+    async def initialize(self, timeout_at=None):
+        captured: list[BaseException] = []
+        close = self.close
+
+        def close_and_remember(error=None, *args, **kwargs):
+            if error is not None:
+                captured.append(error)
+            return close(error, *args, **kwargs)
+
+        self.close = close_and_remember
+        try:
+            await original(self, timeout_at)
+        finally:
+            del self.close  # back to the class's method
+        for error in captured:
+            if isinstance(error, fatal):
+                raise error  # KafkaConnectionManager._connect records it; bootstrap then raises it
+
+    initialize.__doc__ = original.__doc__
+    conn_cls.initialize = initialize

@@ -1,0 +1,279 @@
+"""Fault tests on the real broker: a crash storm, a broker restart and a rebalance with a killed member.
+
+Each compares the service's final state, as other processes see it in Kafka (the profiles
+changelog, the assignments topic read with ``read_committed``, the model changelog and its
+trainer-step log), with a fault-free run of the same events through the same pipeline in this
+process.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+from service_harness import (
+    ServiceProcess,
+    Topics,
+    committed_offsets,
+    end_offsets,
+    latest_profiles,
+    read_all,
+    send,
+    wait_for,
+)
+from sklearn.metrics import normalized_mutual_info_score
+
+from stream.corpora import demo_corpus
+from stream.simulation import simulate
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+K = 10
+HYSTERESIS = 0.02
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    from stream.embedder import SentenceEmbedder
+
+    return SentenceEmbedder()
+
+
+def _create(bootstrap: str, topics: Topics, partitions: int) -> None:
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics({topics.events: {"num_partitions": partitions, "replication_factor": 1},
+                         topics.items: {"num_partitions": 1, "replication_factor": 1,
+                                        "configs": {"cleanup.policy": "compact"}}}, wait_for_metadata=True)
+    admin.close()
+    items = [(d.item_id.encode(), json.dumps({"item_id": d.item_id, "text": d.text}).encode())
+             for d in demo_corpus().documents]
+    send(bootstrap, topics.items, items)
+
+
+def _records(scenario) -> list[tuple[bytes, bytes]]:
+    return [(e["user_id"].encode(), json.dumps(e).encode()) for e in scenario.events]
+
+
+class Feeder(threading.Thread):
+    """Produces records at a steady rate in the background (the stream keeps flowing through faults)."""
+
+    def __init__(self, bootstrap: str, topic: str, records: list, rate: float) -> None:
+        super().__init__(daemon=True)
+        self.bootstrap, self.topic, self.records, self.rate = bootstrap, topic, records, rate
+        self.sent = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        from kafka import KafkaProducer
+
+        try:
+            producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5,
+                                     delivery_timeout_ms=180_000, request_timeout_ms=30_000)
+            start = time.monotonic()
+            futures = []
+            for i, (key, value) in enumerate(self.records):
+                ahead = start + i / self.rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+                futures.append(producer.send(self.topic, key=key, value=value))
+                self.sent += 1
+            producer.flush(timeout=180)
+            for f in futures:
+                f.get(timeout=0)
+            producer.close()
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+
+def _reference(encoder, scenario, batch: int):
+    """The fault-free run: the same pipeline over the same events, then settled like an idle service."""
+    from stream.catalog import ItemCatalog
+    from stream.pipeline import Pipeline, SourceRecord
+    from stream.settings import ClusteringSettings
+
+    catalog = ItemCatalog()
+    for d in demo_corpus().documents:
+        catalog.upsert(d.item_id, d.text)
+    pipe = Pipeline(ClusteringSettings(n_clusters=K, hysteresis=HYSTERESIS), encoder, catalog)
+    records = [SourceRecord(value=v, key=k, timestamp_ms=None) for k, v in _records(scenario)]
+    for i in range(0, len(records), batch):
+        pipe.process_batch(records[i:i + batch], now_ms=0)
+    pipe.reassess(list(pipe.profiles.user_ids()), 0)
+    return pipe
+
+
+def _final_model(bootstrap: str, topics: Topics, encoder):
+    """The model as a restoring member rebuilds it: the latest snapshot plus its writer's logged steps."""
+    from consumers.changelog import read_from, read_latest
+    from stream.model_state import apply_model_update, restore_model_state
+    from stream.pipeline import Pipeline
+    from stream.settings import ClusteringSettings
+
+    options = {"bootstrap_servers": bootstrap}
+    pipe = Pipeline(ClusteringSettings(n_clusters=K), encoder)
+    latest = read_latest(options, topics.model_changelog, [0])
+    writer, start = restore_model_state(pipe, latest[b"model"][1])
+    for value in read_from(options, f"{topics.group}-model-updates", 0, start, key=writer.encode()):
+        apply_model_update(pipe, value)
+    return pipe.model
+
+
+def _check_final_state(bootstrap: str, topics: Topics, scenario, reference, encoder, nmi_tolerance: float):
+    """Profiles exact, no duplicate change record, last records consistent with the final state, quality kept."""
+    assert committed_offsets(bootstrap, topics.group, topics.events) == end_offsets(bootstrap, topics.events)
+    # 1. every profile equal to the fault-free run's: nothing lost, nothing applied twice
+    stored = latest_profiles(bootstrap, topics.profiles_changelog)
+    assert set(stored) == set(reference.profiles.user_ids()) == set(scenario.truth)
+    for user, (vector, ref_ms, mass) in stored.items():
+        ref_vector, ref_ref_ms, ref_mass = reference.profiles.raw(user)
+        assert ref_ms == ref_ref_ms, user
+        a = vector / np.linalg.norm(vector)
+        b = ref_vector / np.linalg.norm(ref_vector)
+        np.testing.assert_allclose(a, b, atol=1e-5, err_msg=user)
+        assert mass == pytest.approx(ref_mass, rel=1e-6), f"{user}: decayed event mass differs (lost or doubled)"
+    # 2. a read_committed reader sees no duplicate change record
+    history: dict[str, list[dict]] = {}
+    for r in read_all(bootstrap, topics.assignments):
+        history.setdefault(r.key.decode(), []).append(json.loads(r.value))
+    for user, recs in history.items():
+        for before, after in zip(recs, recs[1:], strict=False):
+            assert before["cluster"] != after["cluster"], f"{user}: repeated change record {after}"
+            assert after["previous_cluster"] == before["cluster"], f"{user}: change does not follow the last one"
+    # 3. each user's last record is the assignment the final state implies (up to the hysteresis margin)
+    model = _final_model(bootstrap, topics, encoder)
+    users = sorted(stored)
+    directions = np.stack([stored[u][0] / np.linalg.norm(stored[u][0]) for u in users])
+    sims = model.similarities(directions)
+    last = {u: history[u][-1]["cluster"] for u in users}
+    for i, user in enumerate(users):
+        best = int(np.argmax(sims[i]))
+        assert sims[i, best] - sims[i, last[user]] <= HYSTERESIS + 1e-5, (
+            f"{user}: last record says {last[user]}, the final state says {best}")
+    # 4. clustering quality against the scenario's truth, next to the fault-free run
+    truth = [scenario.truth[u].final_primary for u in users]
+    nmi_faults = normalized_mutual_info_score(truth, [last[u] for u in users])
+    nmi_clean = normalized_mutual_info_score(truth, [reference.tracker.last(u)[0] for u in users])
+    assert abs(nmi_faults - nmi_clean) <= nmi_tolerance, (nmi_faults, nmi_clean)
+    return nmi_faults, nmi_clean
+
+
+def test_crash_storm(kafka_bootstrap, tmp_path, encoder):
+    """20,000+ events while the member is SIGKILLed at random moments at least 10 times and restarted."""
+    topics = Topics.fresh()
+    _create(kafka_bootstrap, topics, partitions=3)
+    scenario = simulate(demo_corpus(), n_users=700, mean_events_per_user=30, content="item_id",
+                        drift_fraction=0.2, seed=21)
+    records = _records(scenario)
+    assert len(records) >= 20_000
+    feeder = Feeder(kafka_bootstrap, topics.events, records, rate=300)
+    feeder.start()
+    args = ["--clusters", str(K), "--hysteresis", str(HYSTERESIS), "--batch-max-events", "200",
+            "--model-snapshot-every", "5"]
+    rng = random.Random(7)
+    kills = 0
+    while kills < 10:
+        member = ServiceProcess(kafka_bootstrap, topics, tmp_path, *args, name=f"storm{kills}",
+                                instance_id="storm")
+        try:
+            member.wait_ready()
+            time.sleep(rng.uniform(0.5, 4.0))
+            member.stop(signal.SIGKILL)
+            kills += 1
+        finally:
+            member.stop(signal.SIGKILL)
+    restored = sum(bool(re.search(r"restored partitions \[[\d, ]+\]: [1-9]\d* profiles", p.read_text()))
+                   for p in tmp_path.glob("storm*.log"))
+    assert restored >= 5, "most restarts restored state written by a killed predecessor"
+    final = ServiceProcess(kafka_bootstrap, topics, tmp_path, *args, name="final", instance_id="storm")
+    try:
+        final.wait_ready()
+        feeder.join(300)
+        assert feeder.error is None and feeder.sent == len(records)
+        wait_for(lambda: committed_offsets(kafka_bootstrap, topics.group, topics.events)
+                 == end_offsets(kafka_bootstrap, topics.events), 300, interval=2, what="all events committed")
+        consumed_final = final.value("interest_events_consumed_total")
+        assert consumed_final < len(records), "the killed members did part of the work"
+        time.sleep(5)  # the idle sweep settles every user against the final model
+        assert final.stop(signal.SIGTERM) == 0, final.log_tail()
+    finally:
+        final.stop(signal.SIGKILL)
+    reference = _reference(encoder, scenario, batch=200)
+    nmi_faults, nmi_clean = _check_final_state(kafka_bootstrap, topics, scenario, reference, encoder, 0.01)
+    print(f"crash storm: {kills} kills, {len(records)} events, NMI {nmi_faults:.4f} vs fault-free {nmi_clean:.4f}")
+
+
+def test_broker_restart_mid_stream(kafka_bootstrap, kafka_broker, tmp_path, encoder):
+    """The broker stops and comes back (same data) mid-stream: the member rides through and ends exact."""
+    if kafka_broker is None:
+        pytest.skip("KAFKA_BOOTSTRAP_SERVERS names an external cluster: this test restarts its own broker")
+    topics = Topics.fresh()
+    _create(kafka_bootstrap, topics, partitions=3)
+    scenario = simulate(demo_corpus(), n_users=200, mean_events_per_user=20, content="item_id", seed=4)
+    records = _records(scenario)
+    feeder = Feeder(kafka_bootstrap, topics.events, records, rate=250)
+    member = ServiceProcess(kafka_bootstrap, topics, tmp_path, "--clusters", str(K), "--hysteresis",
+                            str(HYSTERESIS), "--batch-max-events", "200", instance_id="survivor")
+    try:
+        member.wait_ready()
+        feeder.start()
+        wait_for(lambda: member.value("interest_events_consumed_total") >= 1000, 120, what="1000 events")
+        kafka_broker.restart(keep_data=True, down_seconds=5)
+        feeder.join(300)
+        assert feeder.error is None and feeder.sent == len(records)
+        wait_for(lambda: committed_offsets(kafka_bootstrap, topics.group, topics.events)
+                 == end_offsets(kafka_bootstrap, topics.events), 300, interval=2, what="all events committed")
+        assert member.proc.poll() is None, "the member survived the broker restart"
+        time.sleep(5)
+        assert member.stop(signal.SIGTERM) == 0, member.log_tail()
+    finally:
+        member.stop(signal.SIGKILL)
+    reference = _reference(encoder, scenario, batch=200)
+    _check_final_state(kafka_bootstrap, topics, scenario, reference, encoder, 0.03)
+
+
+def test_rebalance_then_kill(kafka_bootstrap, tmp_path, encoder):
+    """A second member joins mid-stream, then the first is SIGKILLed: the survivor restores every
+    partition's profiles, nothing is lost, and the final profiles equal the single-member run's."""
+    topics = Topics.fresh()
+    _create(kafka_bootstrap, topics, partitions=4)
+    scenario = simulate(demo_corpus(), n_users=300, mean_events_per_user=25, content="item_id", seed=9)
+    records = _records(scenario)
+    feeder = Feeder(kafka_bootstrap, topics.events, records, rate=150)
+    args = ["--clusters", str(K), "--hysteresis", str(HYSTERESIS), "--batch-max-events", "200"]
+    first = ServiceProcess(kafka_bootstrap, topics, tmp_path, *args, name="first", instance_id="a")
+    second = None
+    try:
+        first.wait_ready()
+        feeder.start()
+        wait_for(lambda: first.value("interest_events_consumed_total") >= 1000, 120, what="1000 events")
+        second = ServiceProcess(kafka_bootstrap, topics, tmp_path, *args, name="second", instance_id="b")
+        second.wait_ready()
+        wait_for(lambda: second.value("interest_events_consumed_total") >= 100, 120, what="second member working")
+        assert first.value("interest_ready") == 1, "both members hold partitions"
+        assert feeder.is_alive(), "the first member dies mid-stream"
+        first.stop(signal.SIGKILL)
+        wait_for(lambda: second.value("interest_users_tracked") == len(scenario.truth), 120,
+                 what="the survivor restored every partition")
+        feeder.join(300)
+        assert feeder.error is None
+        wait_for(lambda: committed_offsets(kafka_bootstrap, topics.group, topics.events)
+                 == end_offsets(kafka_bootstrap, topics.events), 300, interval=2, what="all events committed")
+        time.sleep(5)
+        assert second.stop(signal.SIGTERM) == 0, second.log_tail()
+    finally:
+        first.stop(signal.SIGKILL)
+        if second is not None:
+            second.stop(signal.SIGKILL)
+    log = (tmp_path / next(p.name for p in tmp_path.glob("second-*.log"))).read_text()
+    assert re.search(r"restored partitions \[[\d, ]+\]: [1-9]\d* profiles", log), "the survivor restored state"
+    reference = _reference(encoder, scenario, batch=200)
+    # Two members train two models for a while, so cluster quality may differ more than in one process.
+    _check_final_state(kafka_bootstrap, topics, scenario, reference, encoder, 0.05)
