@@ -19,6 +19,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import msgspec
+import numpy as np
+
+from stream.profiles import profile_from_bytes
+
 
 def read_latest(
     options: Mapping[str, Any],
@@ -106,3 +111,54 @@ def read_from(
         return values
     finally:
         consumer.close()
+
+
+def restore_profiles(
+    options: Mapping[str, Any],
+    topic: str,
+    partitions: list[int],
+    profiles,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, int]:
+    """Load the latest profile of every user of ``partitions`` into a :class:`~stream.profiles.ProfileStore`.
+
+    Returns ``{user_id: partition}`` for the users restored. Raises ``ValueError`` when the
+    stored vectors do not have the store's dimension (another model wrote them).
+    """
+    latest = read_latest(options, topic, partitions, progress=progress)
+    users: list[str] = []
+    owners: dict[str, int] = {}
+    rows: list[np.ndarray] = []
+    refs: list[int] = []
+    masses: list[float] = []
+    for key, (partition, value) in latest.items():
+        if key is None or value is None:
+            continue
+        vector, ref_ms, mass = profile_from_bytes(value)
+        if vector.shape[0] != profiles.dim:
+            raise ValueError(f"{topic} holds {vector.shape[0]}-d profiles, the encoder makes {profiles.dim}-d ones")
+        user = key.decode()
+        users.append(user)
+        owners[user] = partition
+        rows.append(vector)
+        refs.append(ref_ms)
+        masses.append(mass)
+    if users:
+        profiles.put_many(users, np.stack(rows), np.asarray(refs, dtype=np.int64), np.asarray(masses, dtype=np.float64))
+    return owners
+
+
+def restore_assignments(options: Mapping[str, Any], topic: str, partitions: list[int], tracker) -> int:
+    """Load the last emitted assignment of every user of ``partitions`` into an AssignmentTracker."""
+    restored = 0
+    for key, (_, value) in read_latest(options, topic, partitions).items():
+        if key is None or value is None:
+            continue
+        try:
+            record = msgspec.json.decode(value)
+            tracker.restore(key.decode(), int(record["cluster"]), float(record["score"]))
+            restored += 1
+        except (msgspec.DecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError):
+            continue  # an unreadable record: that user is re-assessed on its next event
+    return restored

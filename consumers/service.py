@@ -49,7 +49,7 @@ from typing import Any
 
 import msgspec
 
-from consumers.changelog import read_from, read_latest
+from consumers.changelog import read_from, read_latest, restore_assignments, restore_profiles
 from consumers.metrics_server import MetricsServer
 from consumers.settings import ServiceSettings
 from consumers.topics import TopicMismatchError, TopicSpec, ensure_topics
@@ -62,7 +62,7 @@ from stream.model_state import (
     model_update_to_bytes,
     restore_model_state,
 )
-from stream.profiles import profile_from_bytes, profile_to_bytes
+from stream.profiles import profile_to_bytes
 from stream.records import encode_record
 
 log = logging.getLogger("interest_stream.service")
@@ -337,7 +337,10 @@ class InterestService:
             "max_request_size": s.max_request_size, **s.kafka_client_options(),
         }
         if self.exactly_once:
-            options.update(transactional_id=s.transactional_id, transaction_timeout_ms=s.transaction_timeout_ms)
+            # A new transaction right after a commit often meets CONCURRENT_TRANSACTIONS while the
+            # markers are written: retry it in 20 ms, not the default 100 ms.
+            options.update(transactional_id=s.transactional_id, transaction_timeout_ms=s.transaction_timeout_ms,
+                           retry_backoff_ms=20)
         else:
             options.update(retries=5, max_in_flight_requests_per_connection=1)
         producer = KafkaProducer(**options)
@@ -465,8 +468,6 @@ class InterestService:
 
     def _restore(self, partitions: list[int]) -> bool:
         """Restore profiles and last assignments of ``partitions`` (and the model, once)."""
-        import numpy as np
-
         s = self.settings
         pipe = self._pipeline
         opts = s.kafka_client_options()
@@ -478,35 +479,12 @@ class InterestService:
         def progress(done: int, total: int) -> None:
             m.restore_progress.set(done / total if total else 1.0)
 
-        profiles = read_latest(opts, self.profiles_topic, partitions, progress=progress)
-        users, sums, refs, masses = [], [], [], []
-        dim = pipe.profiles.dim
-        for key, (partition, value) in profiles.items():
-            if key is None or value is None:
-                continue
-            self._user_partition[key.decode()] = partition
-            vector, ref_ms, mass = profile_from_bytes(value)
-            if vector.shape[0] != dim:
-                raise FatalKafkaError(f"profiles changelog {self.profiles_topic} holds {vector.shape[0]}-d profiles, "
-                                      f"the encoder makes {dim}-d ones: use a new group id or changelog topic")
-            users.append(key.decode())
-            sums.append(vector)
-            refs.append(ref_ms)
-            masses.append(mass)
-        if users:
-            pipe.profiles.put_many(users, np.stack(sums), np.asarray(refs, dtype=np.int64),
-                                   np.asarray(masses, dtype=np.float64))
-        assignments = read_latest(opts, s.assignments_topic, partitions)
-        n_assigned = 0
-        for key, (_, value) in assignments.items():
-            if key is None or value is None:
-                continue
-            try:
-                rec = msgspec.json.decode(value)
-                pipe.tracker.restore(key.decode(), int(rec["cluster"]), float(rec["score"]))
-                n_assigned += 1
-            except (msgspec.DecodeError, KeyError, TypeError, ValueError):
-                log.warning("skipping an unreadable assignment record for %r", key)
+        try:
+            owners = restore_profiles(opts, self.profiles_topic, partitions, pipe.profiles, progress=progress)
+        except ValueError as exc:
+            raise FatalKafkaError(f"cannot restore profiles: {exc}; use a new group id or changelog topic") from exc
+        self._user_partition.update(owners)
+        n_assigned = restore_assignments(opts, s.assignments_topic, partitions, pipe.tracker)
         if not self._model_restored:
             self._restore_model(opts)
             self._model_restored = True
@@ -515,7 +493,7 @@ class InterestService:
         m.restore_seconds.set(took)
         m.users.set(len(pipe.profiles))
         log.info("restored partitions %s: %d profiles, %d assignments, model version %d, %.2f s",
-                 partitions, len(users), n_assigned, pipe.model.version, took)
+                 partitions, len(owners), n_assigned, pipe.model.version, took)
         return True
 
     def _restore_model(self, opts: dict) -> None:
