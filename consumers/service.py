@@ -81,6 +81,7 @@ def _is_fatal(exc: BaseException) -> bool:
             "AuthenticationFailedError",
             "SaslAuthenticationFailedError",
             "TopicAuthorizationFailedError",
+            "TransactionalIdAuthorizationFailedError",
             "GroupAuthorizationFailedError",
             "ClusterAuthorizationFailedError",
             "UnsupportedSaslMechanismError",

@@ -192,7 +192,7 @@ def demo(
                "--events-topic", topics["events"], "--assignments-topic", topics["assignments"],
                "--centroids-topic", topics["centroids"], "--dead-letter-topic", topics["dead-letters"],
                "--items-topic", topics["items"], "--group-id", f"{prefix}.group", "--clusters", str(clusters),
-               "--metrics-host", "127.0.0.1", "--metrics-port", str(port), "--state-dir", str(workdir / "state")]
+               "--metrics-host", "127.0.0.1", "--metrics-port", str(port), "--instance-id", "demo"]
         log_path = workdir / "service.log"
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         with open(log_path, "wb") as log:
@@ -237,7 +237,9 @@ def demo(
         if started is not None:
             with console.status("Stopping the broker started for this demo..."):
                 started.stop()
-    console.print(f"done. Service log and state: {workdir}")
+    console.print(f"done. Service log: {workdir / 'service.log'}")
+    if code not in (0, None):
+        raise typer.Exit(1)
 
 
 def _labels(bootstrap: str, topic: str) -> dict[int, list[str]]:

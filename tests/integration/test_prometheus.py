@@ -132,8 +132,7 @@ def live(tools: tuple[str, str], kafka_bootstrap: str, tmp_path_factory: pytest.
     uid = uuid.uuid4().hex[:10]
     topics = {name: f"promtest-{uid}-{name}" for name in ("events", "assignments", "centroids", "dead-letters", "items")}
     port = pt.free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "INTEREST_STREAM_STATE_DIR": str(tmp / "state")}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     service_log = tmp / "service.log"
     service = producer = None
     prom = None

