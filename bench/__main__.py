@@ -26,6 +26,7 @@ class Only(StrEnum):
     quality = "quality"
     movielens = "movielens"
     speed = "speed"
+    service = "service"
 
 
 app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
@@ -36,7 +37,7 @@ def main(
     only: list[Only] = typer.Option(
         None,
         "--only",
-        help="Run only this benchmark (repeatable): quality, movielens or speed. Default: all.",
+        help="Run only this benchmark (repeatable): quality, movielens, speed or service. Default: all.",
     ),
     quick: bool = typer.Option(
         False,
@@ -81,6 +82,12 @@ def main(
         help="Do not read or write the corpus embeddings kept under ~/.cache/interest-stream/bench.",
     ),
     save: Path | None = typer.Option(None, "--save", help="Also write everything printed to this text file."),
+    settings: list[str] = typer.Option(
+        None,
+        "--set",
+        help="Override a ClusteringSettings field of the product, KEY=VALUE (VALUE as JSON, else a string); "
+        "repeatable, e.g. --set hysteresis=0.05 --set kmeans_half_life=200.",
+    ),
 ) -> None:
     """Run the benchmarks of the clustering core and print rich tables (targets with PASS/MISS)."""
     from rich.console import Console
@@ -88,13 +95,16 @@ def main(
     from bench.common import Report, blas_line, machine_line
 
     # wide tables stay readable when the output goes to a file or a pipe
-    console = Console(record=save is not None, width=None if sys.stdout.isatty() else 160)
+    console = Console(record=save is not None, width=None if sys.stdout.isatty() else 180)
     report = Report(console)
     chosen = set(only or list(Only))
+    overrides = _parse_overrides(settings or [])
     started = time.perf_counter()
     report.print(f"[bold]interest-stream benchmarks[/] — {'quick' if quick else 'full'} run, seed {seed}")
     report.print(f"python {platform.python_version()}, {machine_line()}")
     report.print(f"BLAS: {blas_line()}")
+    if overrides:
+        report.print(f"product settings overridden: {overrides}")
     try:
         import torch
 
@@ -118,18 +128,25 @@ def main(
             river_points=min(river_points, 500) if quick else river_points,
             seed=seed,
             use_disk_cache=not no_disk_cache,
+            overrides=overrides,
         )
         quality.run(opts, report)
     if Only.movielens in chosen:
         from bench import movielens as ml
 
         report.print("\n[bold underline]2. Usefulness on MovieLens 100K[/]")
-        ml.run(movielens, report, ks=(4, 16) if quick else ml.KS, seed=seed, use_disk_cache=not no_disk_cache)
+        ks = (4, 16) if quick else ml.KS
+        ml.run(movielens, report, ks=ks, seed=seed, use_disk_cache=not no_disk_cache, overrides=overrides)
     if Only.speed in chosen:
         from bench import speed
 
         report.print("\n[bold underline]3. Speed[/]")
-        speed.run(movielens, report, quick=quick, seed=seed)
+        speed.run(movielens, report, quick=quick, seed=seed, overrides=overrides)
+    if Only.service in chosen:
+        from bench import service
+
+        report.print("\n[bold underline]4. The service on a real broker[/]")
+        service.run(report, movielens_dir=movielens, ag_news=ag_news, quick=quick, seed=seed)
 
     report.print()
     report.targets_table(title="Summary of targets")
@@ -141,6 +158,33 @@ def main(
         save.parent.mkdir(parents=True, exist_ok=True)
         save.write_text(console.export_text())
         console.print(f"[dim]saved to {save}[/]")
+
+
+def _parse_overrides(items: list[str]) -> dict:
+    """``["hysteresis=0.05", "device=cpu"]`` -> ``{"hysteresis": 0.05, "device": "cpu"}``, validated."""
+    import json
+
+    from stream.settings import ClusteringSettings
+
+    out: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        if key.strip() in ("n_clusters", "seed"):
+            raise typer.BadParameter(
+                "n_clusters and seed are set by each benchmark (--seed)", param_hint="--set"
+            )
+        out[key.strip()] = value
+    try:
+        ClusteringSettings(**out)
+    except Exception as exc:  # pydantic's message names the bad field
+        raise typer.BadParameter(str(exc), param_hint="--set") from exc
+    return out
 
 
 if __name__ == "__main__":

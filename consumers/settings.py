@@ -125,7 +125,8 @@ class ServiceSettings(BaseSettings):
         10, ge=1, description="Write the model to its changelog every this many batches (and at shutdown)."
     )
     transaction_timeout_ms: int = Field(
-        30_000, ge=1_000, description="Kafka transaction.timeout.ms of the exactly-once producer."
+        10_000, ge=1_000, description="Kafka transaction.timeout.ms of the exactly-once producer: how long a "
+        "crashed member's open transaction can hold back read_committed readers of its partitions."
     )
     max_request_size: int = Field(
         16 * 1024 * 1024, ge=1024 * 1024, description="Largest record the producer sends (the model record is a few MB)."

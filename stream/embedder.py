@@ -309,8 +309,9 @@ class SentenceEmbedder:
 class EmbedResult:
     """The embedding of a batch of events.
 
-    ``vectors[j]`` is the embedding of ``events[ok_index[j]]`` and ``texts[j]`` the text
-    that was embedded for it; ``rejections`` lists ``(event index, Rejection)``.
+    ``vectors[j]`` is the embedding of ``events[ok_index[j]]``, ``texts[j]`` the text
+    that was embedded for it and ``keys[j]`` that text's cache key (equal keys mean equal
+    texts); ``rejections`` lists ``(event index, Rejection)``.
     """
 
     vectors: np.ndarray
@@ -319,6 +320,7 @@ class EmbedResult:
     texts: list[str] = field(default_factory=list)
     n_encoded: int = 0
     encode_seconds: float = 0.0
+    keys: list[str] = field(default_factory=list)
 
 
 _UNKNOWN_ITEM = RejectReason.UNKNOWN_ITEM.value
@@ -423,4 +425,5 @@ class EventEmbedder:
             texts=texts,
             n_encoded=len(missing),
             encode_seconds=encode_seconds,
+            keys=keys,
         )

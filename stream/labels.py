@@ -64,13 +64,22 @@ ENGLISH_STOP_WORDS = frozenset(
 )
 
 _WORD = re.compile(r"[^\W_]+")
+#: Texts without a key are cached only when at most this long (keys bound the memory otherwise).
+_CACHE_TEXT_CHARS = 512
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
 
 
 def tokenize(text: str, stop_words: frozenset[str] | set[str] = ENGLISH_STOP_WORDS) -> list[str]:
     """Split ``text`` into lowercased terms (see the module docstring for the rules)."""
+    lowered = text.lower()
+    words = _WORD.findall(lowered)
+    if not _CJK.search(lowered):
+        # Fast path, same rules as _plain: a word of alphanumerics that is not all numeric has a letter.
+        return [
+            w for w in words if len(w) > 1 and w not in stop_words and (not w.isnumeric() or _has_alpha(w))
+        ]
     out: list[str] = []
-    for word in _WORD.findall(text.lower()):
+    for word in words:
         if _CJK.search(word):
             pos = 0
             for run in _CJK.finditer(word):
@@ -87,8 +96,12 @@ def tokenize(text: str, stop_words: frozenset[str] | set[str] = ENGLISH_STOP_WOR
     return out
 
 
+def _has_alpha(word: str) -> bool:
+    return any(ch.isalpha() for ch in word)
+
+
 def _plain(word: str, stop_words: frozenset[str] | set[str]) -> list[str]:
-    if len(word) < 2 or word in stop_words or not any(ch.isalpha() for ch in word):
+    if len(word) < 2 or word in stop_words or not _has_alpha(word):
         return []
     return [word]
 
@@ -181,6 +194,8 @@ class ClusterLabeler:
     min_count
         A term whose decayed count in a cluster is below this is not a label of that cluster
         any more (and terms below it everywhere are dropped from the vocabulary).
+    token_cache_size
+        Tokenised texts kept between batches (by key; 0 disables the cache).
     """
 
     def __init__(
@@ -191,6 +206,7 @@ class ClusterLabeler:
         top_n: int = 5,
         stop_words: Iterable[str] | None = None,
         min_count: float = 0.01,
+        token_cache_size: int = 50_000,
     ) -> None:
         if n_clusters < 1:
             raise ValueError("n_clusters must be >= 1")
@@ -207,26 +223,76 @@ class ClusterLabeler:
         self._vocab: dict[str, int] = {}
         self._terms: list[str] = []
         self._counts = np.zeros((self.n_clusters, 256), dtype=np.float64)
+        #: Tokenised texts by key (see :meth:`summarise`); a cache, not state (never serialised).
+        self.token_cache_size = int(token_cache_size)
+        self._token_cache: dict[str, tuple[tuple[str, int], ...]] = {}
+        self._text_token_cache: dict[str, tuple[tuple[str, int], ...]] = {}
 
     @property
     def vocab_size(self) -> int:
         return len(self._terms)
 
     # ------------------------------------------------------------------ updates
-    def summarise(self, cluster_ids: Sequence[int], texts: Sequence[str]) -> LabelStatistics:
-        """Count the terms of each text under its cluster (ids outside ``0..k-1`` are skipped)."""
+    def summarise(
+        self, cluster_ids: Sequence[int], texts: Sequence[str], keys: Sequence[str] | None = None
+    ) -> LabelStatistics:
+        """Count the terms of each text under its cluster (ids outside ``0..k-1`` are skipped).
+
+        ``keys`` (optional, one per text) name the texts: equal keys must mean equal texts
+        (the embedding cache keys do). A text is tokenised once per batch, and once per key
+        across batches while its key stays in a bounded cache; the counts are the same as
+        tokenising every text.
+        """
         if len(cluster_ids) != len(texts):
             raise ValueError(f"{len(cluster_ids)} cluster ids but {len(texts)} texts")
-        per_cluster: dict[int, Counter[str]] = {}
-        for cluster, text in zip(cluster_ids, texts, strict=True):
+        if keys is not None and len(keys) != len(texts):
+            raise ValueError(f"{len(keys)} keys but {len(texts)} texts")
+        n_clusters = self.n_clusters
+        if isinstance(cluster_ids, np.ndarray):
+            cluster_ids = cluster_ids.tolist()
+        # Each distinct (cluster, text) once, with its multiplicity, in first-seen order: the
+        # terms then enter each cluster's counts in the same order as text by text.
+        pairs: dict[tuple[int, str], int] = {}
+        text_of: dict[str, str] = {}
+        for j, (cluster, text) in enumerate(zip(cluster_ids, texts, strict=True)):
             c = int(cluster)
-            if not (0 <= c < self.n_clusters) or not text:
+            if not (0 <= c < n_clusters) or not text:
                 continue
-            per_cluster.setdefault(c, Counter()).update(tokenize(text, self.stop_words))
+            name = text if keys is None else keys[j]
+            pair = (c, name)
+            count = pairs.get(pair)
+            if count is None:
+                pairs[pair] = 1
+                text_of[name] = text
+            else:
+                pairs[pair] = count + 1
+        # A cluster takes its place at its first text, even one without terms (as text by text).
+        per_cluster: dict[int, dict[str, int]] = {}
+        for (c, name), mult in pairs.items():
+            counts = per_cluster.get(c)
+            if counts is None:
+                counts = per_cluster[c] = {}
+            get = counts.get
+            for term, n in self._term_counts(name, text_of[name], keyed=keys is not None):
+                counts[term] = get(term, 0) + n * mult
         return LabelStatistics(
             self.n_clusters,
             {c: {t: float(v) for t, v in cnt.items()} for c, cnt in per_cluster.items() if cnt},
         )
+
+    def _term_counts(self, name: str, text: str, *, keyed: bool) -> tuple[tuple[str, int], ...]:
+        """``(term, count)`` of a text in first-occurrence order; cached by key (or by short text)."""
+        cache = self._token_cache if keyed else self._text_token_cache
+        hit = cache.get(name)
+        if hit is not None:
+            return hit
+        terms = tuple(Counter(tokenize(text, self.stop_words)).items())
+        limit = self.token_cache_size
+        if limit > 0 and (keyed or len(text) <= _CACHE_TEXT_CHARS):
+            if len(cache) >= limit:
+                del cache[next(iter(cache))]  # the oldest entry
+            cache[name] = terms
+        return terms
 
     def apply(self, stats: LabelStatistics) -> None:
         """Decay every count by one batch, then add ``stats``; keep the vocabulary bounded."""
