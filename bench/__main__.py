@@ -27,6 +27,7 @@ class Only(StrEnum):
     movielens = "movielens"
     speed = "speed"
     service = "service"
+    state = "state"
 
 
 app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
@@ -37,7 +38,7 @@ def main(
     only: list[Only] = typer.Option(
         None,
         "--only",
-        help="Run only this benchmark (repeatable): quality, movielens, speed or service. Default: all.",
+        help="Run only this benchmark (repeatable): quality, movielens, speed, service or state. Default: all.",
     ),
     quick: bool = typer.Option(
         False,
@@ -147,6 +148,11 @@ def main(
 
         report.print("\n[bold underline]4. The service on a real broker[/]")
         service.run(report, movielens_dir=movielens, ag_news=ag_news, quick=quick, seed=seed)
+    if Only.state in chosen:
+        from bench import state
+
+        report.print("\n[bold underline]5. Durable state and exactly-once[/]")
+        state.run(report, quick=quick)
 
     report.print()
     report.targets_table(title="Summary of targets")

@@ -75,7 +75,7 @@ def restore_benchmark(bootstrap: str, n_users: int, partitions: int = 6, dim: in
     from stream.records import AssignmentChange, ClusterScore, encode_record
 
     run = uuid.uuid4().hex[:8]
-    profiles_topic, assignments_topic = f"bench-{run}-profiles", f"bench-{run}-assignments"
+    profiles_topic, assignments_topic = f"stbench-{run}-profiles", f"stbench-{run}-assignments"
     admin = _admin(bootstrap)
     admin.create_topics({t: {"num_partitions": partitions, "replication_factor": 1,
                              "configs": {"cleanup.policy": "compact"}} for t in (profiles_topic, assignments_topic)},
@@ -120,7 +120,7 @@ def _service_rate(bootstrap: str, events_topic: str, items_topic: str, n: int, g
 
     from consumers.devbroker import free_port
 
-    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    prefix = f"stbench-{uuid.uuid4().hex[:8]}"
     port = free_port()
     cmd = [sys.executable, "-m", "consumers.cli", "run", "--bootstrap-servers", bootstrap,
            "--events-topic", events_topic, "--items-topic", items_topic, "--group-id", f"{prefix}.group",
@@ -166,7 +166,7 @@ def guarantee_benchmark(bootstrap: str, n_users: int = 1500, events_per_user: fl
     from stream.simulation import simulate
 
     run = uuid.uuid4().hex[:8]
-    events_topic, items_topic = f"bench-{run}-events", f"bench-{run}-items"
+    events_topic, items_topic = f"stbench-{run}-events", f"stbench-{run}-items"
     admin = _admin(bootstrap)
     admin.create_topics({events_topic: {"num_partitions": 6, "replication_factor": 1},
                          items_topic: {"num_partitions": 1, "replication_factor": 1,
