@@ -195,7 +195,7 @@ class Report:
 
         table = Table(title=title, caption=caption, title_justify="left", caption_justify="left")
         for i, col in enumerate(columns):
-            table.add_column(col, justify="left" if i == 0 else "right")
+            table.add_column(col, justify="left" if i == 0 else "right", no_wrap=i == 0)
         for row in rows:
             table.add_row(*[_cell(v) for v in row])
         self.console.print(table)

@@ -225,7 +225,15 @@ def load(data_dir: str | Path) -> MovieLensData:
     return MovieLensData(split, items, to_events(split.train))
 
 
-def run(data_dir: str | Path, report: Report, *, ks: Sequence[int] = KS, seed: int = 0, use_disk_cache=True):
+def run(
+    data_dir: str | Path,
+    report: Report,
+    *,
+    ks: Sequence[int] = KS,
+    seed: int = 0,
+    use_disk_cache: bool = True,
+    overrides: Mapping | None = None,
+):
     from bench import product
 
     d = Path(data_dir)
@@ -246,7 +254,9 @@ def run(data_dir: str | Path, report: Report, *, ks: Sequence[int] = KS, seed: i
     )
     rows = []
     for k in ks:
-        driver = product.make_driver(n_clusters=k, encoder=encoder, seed=seed, catalog=catalog_of(data.items))
+        driver = product.make_driver(
+            n_clusters=k, encoder=encoder, seed=seed, catalog=catalog_of(data.items), **dict(overrides or {})
+        )
         prefill_items(driver, data.items, vectors)
         rows.append(evaluate_k(data.split, data.events, driver, k, seed=seed))
     table = []

@@ -91,6 +91,7 @@ class QualityResult:
     stable_events: int = 0
     stable_changes: int = 0  # beyond the first assignment
     baseline_churn: float = float("nan")  # sklearn MiniBatchKMeans label changes / event, stable users
+    late_churn: float = float("nan")  # changes / event over the second half of each stable user's events
     river_points: int = 0
     river_offered: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
@@ -245,6 +246,8 @@ def evaluate(
             current = [scenario.primary_at(u, ts_now) for u in all_users]
             scores: dict[str, Score] = {}
             scores["product"] = _scores(current, [last_cluster.get(u, -1) for u in all_users])
+            if driver.model.is_initialised:  # diagnostic: the product's centroids, every user assessed afresh
+                scores["product centroids"] = _scores(current, driver.model.predict_many(P))
             with Stopwatch() as sw:
                 km = KMeans(n_clusters=k, init="k-means++", n_init=10, random_state=seed).fit(P)
             seconds["offline KMeans"] += sw.seconds
@@ -271,14 +274,17 @@ def _drift_and_churn(result, scenario, last_cluster, n_changes, event_count, cha
             votes[t.primary][last_cluster[u]] += 1
     target = {topic: max(v, key=v.get) for topic, v in votes.items() if v}
 
-    stable_events = stable_changes = sk_stable = 0
+    stable_events = stable_changes = sk_stable = late_events = late_changes = 0
     for u, t in truth.items():
         if t.switch_to is None:
             if event_count.get(u):
+                n = event_count[u]
                 result.stable_users += 1
-                stable_events += event_count[u]
+                stable_events += n
                 stable_changes += max(0, n_changes.get(u, 0) - 1)
                 sk_stable += sk_changes.get(u, 0)
+                late_events += n - n // 2
+                late_changes += sum(1 for seen, _c, _t in change_log.get(u, [])[1:] if seen > n // 2)
             continue
         if t.switch_event_index is None or event_count.get(u, 0) <= t.switch_event_index:
             continue
@@ -302,6 +308,7 @@ def _drift_and_churn(result, scenario, last_cluster, n_changes, event_count, cha
     result.stable_events = stable_events
     result.stable_changes = stable_changes
     result.baseline_churn = sk_stable / stable_events if stable_events else float("nan")
+    result.late_churn = late_changes / late_events if late_events else float("nan")
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -312,16 +319,17 @@ def report_quality(result: QualityResult, report: Report, bench: str = "quality"
     """Print the tables of one scenario and record its target checks."""
     short = {
         "product": "product",
+        "product centroids": "centroids",
         "offline KMeans": "KMeans",
         "sklearn MiniBatchKMeans": "MBKMeans",
         "river KMeans": "river",
     }
-    names = ["product", *BASELINES]
+    names = ["product", "product centroids", *BASELINES]
     rows = []
     for cp in result.checkpoints:
         prod = cp.scores["product"]
         off = cp.scores["offline KMeans"]
-        row = [f"{cp.fraction:.0%} ({cp.events:,} ev, {cp.users:,} users)"]
+        row = [f"{cp.fraction:.0%}: {cp.events:,} ev, {cp.users:,} u"]
         row += [cp.scores[b].nmi if b in cp.scores else float("nan") for b in names]
         row += [cp.scores[b].ari if b in cp.scores else float("nan") for b in names]
         row += [prod.nmi / off.nmi if off.nmi > 0 else float("nan"), f"{prod.covered:.0%}"]
@@ -340,8 +348,8 @@ def report_quality(result: QualityResult, report: Report, bench: str = "quality"
         rows,
         caption=f"product = {result.driver_name}, last emitted cluster per user; KMeans = offline sklearn "
         "KMeans(k, k-means++, n_init=10) on the same profile directions; MBKMeans = sklearn MiniBatchKMeans."
-        "partial_fit on the same per-batch profile vectors; truth = each user's current primary interest. "
-        + river_note,
+        "partial_fit on the same per-batch profile vectors; truth = each user's current primary interest; centroids = the product's current centroids with every user assessed "
+        "afresh (a diagnostic: stale or hysteresis-held assignments vs centroid quality). " + river_note,
     )
     rec = np.asarray(result.recovered)
     recov_rows = [
@@ -356,6 +364,7 @@ def report_quality(result: QualityResult, report: Report, bench: str = "quality"
             result.stable_events,
             result.stable_changes,
             result.churn,
+            result.late_churn,
             result.baseline_churn,
         ]
     ]
@@ -372,13 +381,15 @@ def report_quality(result: QualityResult, report: Report, bench: str = "quality"
             "their events",
             "extra changes",
             "churn/event",
+            "2nd half",
             "sklearn MBK churn",
         ],
         recov_rows,
         caption=(
             "recovery: events from the switch until a change record puts the user in the cluster where most "
             "never-switched users of the new interest end up; churn: changes beyond the first per event of "
-            "never-switched users; sklearn MBK churn: label changes of the same users' per-batch predictions."
+            "never-switched users (2nd half: over the later half of each user's events); sklearn MBK churn: label "
+            "changes of the same users' per-batch predictions."
         ),
     )
     timing = ", ".join(f"{k}: {v:.1f} s" for k, v in sorted(result.seconds.items()))
@@ -410,6 +421,7 @@ class QualityOptions:
     river_points: int = 3000
     seed: int = 0
     use_disk_cache: bool = True
+    overrides: dict = field(default_factory=dict)  # ClusteringSettings fields for the product
 
 
 def run(options: QualityOptions, report: Report) -> list[QualityResult]:
@@ -464,7 +476,7 @@ def run(options: QualityOptions, report: Report) -> list[QualityResult]:
             f"[dim]{name}: {len(texts):,} documents + {len(extra):,} search queries, embeddings ready in "
             f"{sw.seconds:.1f} s ({'disk cache' if options.use_disk_cache else 'no disk cache'})[/]"
         )
-        driver = product.make_driver(n_clusters=k, encoder=encoder, seed=options.seed)
+        driver = product.make_driver(n_clusters=k, encoder=encoder, seed=options.seed, **options.overrides)
         driver.prefill(texts, vectors)
         driver.prefill(extra, extra_vectors)
         res = evaluate(
@@ -476,13 +488,13 @@ def run(options: QualityOptions, report: Report) -> list[QualityResult]:
             seed=options.seed,
             name=name,
         )
-        res.notes.append(
+        note = (
             f"the product's EventEmbedder ran on every event; its EmbeddingCache was pre-filled with the "
-            f"{len(texts) + len(extra):,} texts' embeddings (computed by the same SentenceEmbedder, kept on disk)"
+            f"{len(texts) + len(extra):,} texts' embeddings (computed by the same SentenceEmbedder, kept on disk); "
+            f"texts the encoder still had to encode: {driver.texts_encoded}"
         )
+        res.notes.append(note)
         report_quality(res, report)
-        report.print(
-            f"[dim]{res.notes[-1]}; texts the encoder still had to encode: {driver.texts_encoded}[/]"
-        )
+        report.print(f"[dim]{note}[/]")
         results.append(res)
     return results

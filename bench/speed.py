@@ -71,8 +71,17 @@ def kmeans_rates(
     river_points: int = 300,
     dim: int = DIM,
     seed: int = 0,
+    rounds: int = 3,
+    fast_rounds: int = 7,
 ) -> list[KMeansRates]:
-    """Updates (points learned) per second of the three k-means implementations."""
+    """Updates (points learned) per second of the three k-means implementations.
+
+    Each implementation is timed in rounds, interleaved (product, sklearn, river,
+    product, ...), and the best round counts: on a shared machine that keeps a burst of
+    someone else's load from landing on one implementation only. The product and sklearn
+    learn ``n_batches`` batches in each of ``fast_rounds`` rounds, river
+    ``river_points // rounds`` points in each of ``rounds`` rounds.
+    """
     from river import cluster as river_cluster
     from sklearn.cluster import MiniBatchKMeans as SkMBK
 
@@ -82,31 +91,35 @@ def kmeans_rates(
     X = synthetic_embeddings(n_init + batch * n_batches, dim, seed=seed)
     init, rest = X[:n_init], X[n_init:]
     batches = [rest[i : i + batch] for i in range(0, n_batches * batch, batch)]
+    per_round = max(2, river_points // rounds)
+    dicts = [dict(enumerate(row.tolist())) for row in rest[: per_round * rounds + 1]]
     rows = []
     for k in ks:
         model = MiniBatchKMeans(n_clusters=k, seed=seed)
         model.learn_many(init)
         assert model.is_initialised, "the product model did not initialise on the first batch"
-        with Stopwatch() as sw:
-            for b in batches:
-                model.learn_many(b)
-        product = n_batches * batch / sw.seconds
-
         sk = SkMBK(n_clusters=k, random_state=seed, n_init=1, batch_size=batch)
         sk.partial_fit(init)
-        with Stopwatch() as sw:
-            for b in batches:
-                sk.partial_fit(b)
-        sklearn = n_batches * batch / sw.seconds
-
         rv = river_cluster.KMeans(n_clusters=k, seed=seed)
-        dicts = [dict(enumerate(row.tolist())) for row in rest[:river_points]]
         rv.learn_one(dicts[0])
-        with Stopwatch() as sw:
-            for d in dicts[1:]:
-                rv.learn_one(d)
-        river = (len(dicts) - 1) / sw.seconds
-        rows.append(KMeansRates(k, product, river, sklearn, len(dicts) - 1))
+        best = {"product": 0.0, "sklearn": 0.0, "river": 0.0}
+        for r in range(max(rounds, fast_rounds)):
+            if r < fast_rounds:
+                with Stopwatch() as sw:
+                    for b in batches:
+                        model.learn_many(b)
+                best["product"] = max(best["product"], n_batches * batch / sw.seconds)
+                with Stopwatch() as sw:
+                    for b in batches:
+                        sk.partial_fit(b)
+                best["sklearn"] = max(best["sklearn"], n_batches * batch / sw.seconds)
+            if r < rounds:
+                chunk = dicts[1 + r * per_round : 1 + (r + 1) * per_round]
+                with Stopwatch() as sw:
+                    for d in chunk:
+                        rv.learn_one(d)
+                best["river"] = max(best["river"], len(chunk) / sw.seconds)
+        rows.append(KMeansRates(k, best["product"], best["river"], best["sklearn"], per_round * rounds))
     return rows
 
 
@@ -147,13 +160,24 @@ class ReplaySpeed:
     raw_seconds: float
     raw_texts_per_s: float
     encode_batch_size: int
+    cold_outside_encoder: float = float("nan")  # share of the no-cache replay time spent outside embedding
+    repeats: int = 1
 
     @property
     def encode_ratio(self) -> float:
         return self.raw_seconds / self.cold_seconds if self.cold_seconds > 0 else float("nan")
 
 
-def replay_speed(movielens_dir, *, k: int = 16, batch: int = BATCH, cold_events: int = 2048, seed: int = 0):
+def replay_speed(
+    movielens_dir,
+    *,
+    k: int = 16,
+    batch: int = BATCH,
+    cold_events: int = 2048,
+    seed: int = 0,
+    overrides=None,
+    repeats: int = 2,
+):
     """Replay events/s on MovieLens with a warm cache and with no cache, and raw encode next to it."""
     from bench import movielens, product
 
@@ -168,8 +192,9 @@ def replay_speed(movielens_dir, *, k: int = 16, batch: int = BATCH, cold_events:
             for i in range(0, len(evs), batch)
         ]
 
+    extra = dict(overrides or {})
     driver = product.make_driver(
-        n_clusters=k, encoder=encoder, seed=seed, catalog=movielens.catalog_of(data.items)
+        n_clusters=k, encoder=encoder, seed=seed, catalog=movielens.catalog_of(data.items), **extra
     )
     movielens.prefill_items(driver, data.items, vectors)
     batches = encoded(events)
@@ -181,20 +206,31 @@ def replay_speed(movielens_dir, *, k: int = 16, batch: int = BATCH, cold_events:
     cold = events[:cold_events]
     encoder.encode(["warm-up text"] * 8)  # first-call overhead out of both timings
     driver = product.make_driver(
-        n_clusters=k, encoder=encoder, seed=seed, catalog=movielens.catalog_of(data.items), cache_size=0
+        n_clusters=k,
+        encoder=encoder,
+        seed=seed,
+        catalog=movielens.catalog_of(data.items),
+        **{**extra, "cache_size": 0},
     )
     batches = encoded(cold)
-    with Stopwatch() as cold_sw:
-        for records, now_ms in batches:
-            driver.process_records(records, now_ms)
     # the same work for the bare model: each micro-batch's distinct items, same batch size
     per_batch = []
     for i in range(0, len(cold), batch):
         ids = dict.fromkeys(e["item_id"] for e in cold[i : i + batch])
         per_batch.append([data.items[x] for x in ids])
     model = encoder.model
-    with Stopwatch() as raw:
-        for texts in per_batch:
+    cold_seconds = raw_seconds = 0.0
+
+    product_total = [0.0]
+
+    def run_product(records, now_ms) -> float:
+        with Stopwatch() as sw:
+            driver.process_records(records, now_ms)
+        product_total[0] += sw.seconds
+        return sw.seconds
+
+    def run_raw(texts) -> float:
+        with Stopwatch() as sw:
             model.encode(
                 texts,
                 batch_size=encoder.batch_size,
@@ -202,21 +238,38 @@ def replay_speed(movielens_dir, *, k: int = 16, batch: int = BATCH, cold_events:
                 convert_to_numpy=True,
                 show_progress_bar=False,
             )
+        return sw.seconds
+
+    # Interleaved batch by batch, alternating which goes first, each timed ``repeats`` times
+    # and the fastest kept: a burst of someone else's load hits both sides alike.
+    for i, ((records, now_ms), texts) in enumerate(zip(batches, per_batch, strict=True)):
+        prod_best = raw_best = float("inf")
+        for r in range(repeats):
+            if (i + r) % 2 == 0:
+                prod_best = min(prod_best, run_product(records, now_ms))
+                raw_best = min(raw_best, run_raw(texts))
+            else:
+                raw_best = min(raw_best, run_raw(texts))
+                prod_best = min(prod_best, run_product(records, now_ms))
+        cold_seconds += prod_best
+        raw_seconds += raw_best
     n_texts = sum(len(t) for t in per_batch)
     return ReplaySpeed(
         warm_events_per_s=len(events) / warm.seconds,
         warm_events=len(events),
-        cold_events_per_s=len(cold) / cold_sw.seconds,
+        cold_events_per_s=len(cold) / cold_seconds,
         cold_events=len(cold),
-        cold_texts_encoded=driver.texts_encoded,
-        cold_seconds=cold_sw.seconds,
-        raw_seconds=raw.seconds,
-        raw_texts_per_s=n_texts / raw.seconds,
+        repeats=repeats,
+        cold_texts_encoded=driver.texts_encoded // repeats,  # each batch ran `repeats` times
+        cold_outside_encoder=1.0 - driver.pipeline.counters.embed_seconds / product_total[0],
+        cold_seconds=cold_seconds,
+        raw_seconds=raw_seconds,
+        raw_texts_per_s=n_texts / raw_seconds,
         encode_batch_size=encoder.batch_size,
     )
 
 
-def run(movielens_dir, report: Report, *, quick: bool = False, seed: int = 0) -> dict:
+def run(movielens_dir, report: Report, *, quick: bool = False, seed: int = 0, overrides=None) -> dict:
     from pathlib import Path
 
     out: dict = {}
@@ -236,8 +289,9 @@ def run(movielens_dir, report: Report, *, quick: bool = False, seed: int = 0) ->
         f"k-means model updates/s at d={DIM} (batches of {BATCH})",
         ["k", "product learn_many", "sklearn partial_fit", "river learn_one", "x river", "x sklearn"],
         table,
-        caption=f"river: learn_one on {rows[0].river_points} dict points (defaults); the others on "
-        f"{5 if quick else 20} batches; initialisation batch untimed.",
+        caption=f"best of interleaved rounds: river learn_one (defaults) on {rows[0].river_points} dict points in 3 "
+        f"rounds; the others {5 if quick else 20} batches a round, 7 rounds; initialisation batch untimed; synthetic "
+        "unit vectors around 64 directions.",
     )
     fold = fold_rate(seconds=0.5 if quick else 1.5, seed=seed)
     out["fold"] = fold
@@ -249,7 +303,13 @@ def run(movielens_dir, report: Report, *, quick: bool = False, seed: int = 0) ->
     if not (Path(movielens_dir) / "u.data").exists():
         report.print(f"[yellow]MovieLens 100K not found at {movielens_dir}: replay speed skipped[/]")
         return out
-    rs = replay_speed(movielens_dir, cold_events=512 if quick else 2048, seed=seed)
+    rs = replay_speed(
+        movielens_dir,
+        cold_events=512 if quick else 2048,
+        seed=seed,
+        overrides=overrides,
+        repeats=1 if quick else 2,
+    )
     out["replay"] = rs
     report.table(
         "Replay on MovieLens 100K (product driver, k=16, micro-batches of 512)",
@@ -277,8 +337,10 @@ def run(movielens_dir, report: Report, *, quick: bool = False, seed: int = 0) ->
                 rs.raw_seconds,
             ],
         ],
-        caption=f"raw encoder alone: {rs.raw_texts_per_s:,.0f} texts/s; product no-cache run vs raw: "
-        f"{rs.encode_ratio:.2f}x the raw encoder's speed on the same texts.",
+        caption=f"no cache and raw: interleaved per micro-batch, fastest of {rs.repeats} tries each; "
+        f"raw encoder alone: {rs.raw_texts_per_s:,.0f} texts/s; product no-cache run vs raw: "
+        f"{rs.encode_ratio:.2f}x the raw encoder's speed on the same texts; share of the no-cache replay time "
+        f"spent outside the embedding stage (noise-free view of the overhead): {rs.cold_outside_encoder:.1%}.",
     )
     report.check("speed", Target("replay events/s, cache warm", rs.warm_events_per_s, REPLAY_TARGET))
     report.check("speed", Target("no-cache replay speed / raw encode", rs.encode_ratio, ENCODE_RATIO_TARGET))

@@ -48,6 +48,10 @@ class _TrackerWire(msgspec.Struct):
     scores: list[float]
     members: list[tuple[int, list[str], int]]
     debt: bytes
+    # Challengers waiting for confirmation: user -> (cluster, wins so far). Absent in older states.
+    pending_users: list[str] = []
+    pending_clusters: list[int] = []
+    pending_wins: list[int] = []
 
 
 _DIGITS = 6
@@ -96,14 +100,32 @@ class AssignmentTracker:
     Parameters
     ----------
     hysteresis
-        A user is moved only when ``sim(best) - sim(announced) > hysteresis``.
+        A user is moved only when ``sim(best) - sim(announced) > margin``, where
+        ``margin = hysteresis + maturity_margin / sqrt(max(maturity, 1))``.
     top_k
         How many clusters (with scores, best first) each change record lists.
+    maturity_margin
+        Extra margin for young profiles: ``maturity`` (passed to :meth:`assess`, e.g. the
+        profile's decayed event weight) measures how much evidence the profile holds, and
+        the few-events profiles whose direction still swings with every event need to win
+        by more. ``0`` (or no ``maturity`` given) leaves only ``hysteresis``.
+    confirmations
+        A challenger cluster must win (by the margin) this many assessments in a row
+        before the user moves; ``1`` moves at the first win. A first assignment is never
+        delayed.
     """
 
-    def __init__(self, hysteresis: float = 0.02, top_k: int = 3) -> None:
+    def __init__(
+        self, hysteresis: float = 0.02, top_k: int = 3, maturity_margin: float = 0.0, confirmations: int = 1
+    ) -> None:
+        if confirmations < 1:
+            raise ValueError("confirmations must be >= 1")
         self.hysteresis = float(hysteresis)
         self.top_k = int(top_k)
+        self.maturity_margin = float(maturity_margin)
+        self.confirmations = int(confirmations)
+        # user -> (challenger cluster, consecutive wins so far), while below `confirmations`
+        self._pending: dict[str, tuple[int, int]] = {}
         self._last: dict[str, tuple[int, float]] = {}
         self._members: dict[int, _Members] = {}
         self._debt = np.zeros(0, dtype=np.float64)  # outstanding centroid movement per cluster
@@ -132,6 +154,7 @@ class AssignmentTracker:
         return sizes
 
     def _set(self, user_id: str, cluster: int, score: float) -> None:
+        self._pending.pop(user_id, None)
         previous = self._last.get(user_id)
         if previous is not None and previous[0] != cluster:
             self._members[previous[0]].remove(user_id)
@@ -144,6 +167,7 @@ class AssignmentTracker:
 
     def forget(self, user_id: str) -> bool:
         """Drop a user (the caller publishes the tombstone). Returns whether it was known."""
+        self._pending.pop(user_id, None)
         previous = self._last.pop(user_id, None)
         if previous is None:
             return False
@@ -157,12 +181,20 @@ class AssignmentTracker:
         Magic ``ISAT``, a format version byte, then msgpack; no pickle.
         """
         wire = _TrackerWire(
-            params={"hysteresis": self.hysteresis, "top_k": self.top_k},
+            params={
+                "hysteresis": self.hysteresis,
+                "top_k": self.top_k,
+                "maturity_margin": self.maturity_margin,
+                "confirmations": self.confirmations,
+            },
             users=list(self._last),
             clusters=[c for c, _ in self._last.values()],
             scores=[s for _, s in self._last.values()],
             members=[(c, list(m.users), m.cursor) for c, m in self._members.items()],
             debt=self._debt.astype("<f8").tobytes(),
+            pending_users=list(self._pending),
+            pending_clusters=[c for c, _ in self._pending.values()],
+            pending_wins=[n for _, n in self._pending.values()],
         )
         return _MAGIC + bytes([_FORMAT_VERSION]) + msgspec.msgpack.encode(wire)
 
@@ -173,7 +205,15 @@ class AssignmentTracker:
         if data[4] != _FORMAT_VERSION:
             raise ValueError(f"unsupported AssignmentTracker format version {data[4]}")
         wire = msgspec.msgpack.decode(data[5:], type=_TrackerWire)
-        tracker = cls(**wire.params)
+        params = dict(wire.params)
+        for name in ("top_k", "confirmations"):
+            if name in params:
+                params[name] = int(params[name])
+        tracker = cls(**params)
+        tracker._pending = {
+            u: (int(c), int(n))
+            for u, c, n in zip(wire.pending_users, wire.pending_clusters, wire.pending_wins, strict=True)
+        }
         tracker._last = {u: (c, s) for u, c, s in zip(wire.users, wire.clusters, wire.scores, strict=True)}
         for cluster, users, cursor in wire.members:
             members = _Members()
@@ -194,6 +234,7 @@ class AssignmentTracker:
         emit_ts_ms: int = 0,
         *,
         centroids: np.ndarray | None = None,
+        maturity: np.ndarray | None = None,
     ) -> list[AssignmentChange]:
         """Compare users' similarities with what was last emitted; return the changes.
 
@@ -201,6 +242,9 @@ class AssignmentTracker:
         ``directions`` ``(m, d)``, L2-normalised, are needed; ``centroids`` may also be
         given as the third positional argument when its shape tells it apart). Users
         whose similarities are all zero (an all-zero profile) or not finite are skipped.
+        ``maturity`` ``(m,)`` (e.g. each profile's decayed event weight) scales the extra
+        margin of young profiles (see ``maturity_margin``); without it every user is
+        treated as mature.
         """
         m = len(user_ids)
         if similarities is not None and centroids is None and directions is not None:
@@ -226,6 +270,15 @@ class AssignmentTracker:
         top_k = min(self.top_k, k)
         best = np.argmax(sims, axis=1)
         usable = np.isfinite(sims).all(axis=1) & (np.abs(sims).max(axis=1) > 0)
+        if maturity is not None and self.maturity_margin > 0:
+            mat = np.asarray(maturity, dtype=np.float64).reshape(-1)
+            if mat.shape[0] != m:
+                raise ValueError(f"{m} users but {mat.shape[0]} maturity values")
+            margins = self.hysteresis + self.maturity_margin / np.sqrt(np.maximum(np.nan_to_num(mat), 1.0))
+        else:
+            margins = np.full(m, self.hysteresis)
+        pending = self._pending
+        confirmations = self.confirmations
 
         changes: list[AssignmentChange] = []
         for i in range(m):
@@ -237,10 +290,20 @@ class AssignmentTracker:
             prev = self._last.get(user)
             if prev is not None:
                 if prev[0] == b:
+                    if pending:
+                        pending.pop(user, None)
                     continue
                 prev_sim = float(row[prev[0]]) if 0 <= prev[0] < k else -np.inf
-                if float(row[b]) - prev_sim <= self.hysteresis:
+                if float(row[b]) - prev_sim <= margins[i]:
+                    if pending:
+                        pending.pop(user, None)
                     continue
+                if confirmations > 1 and 0 <= prev[0] < k:
+                    challenger, wins = pending.get(user, (-1, 0))
+                    wins = wins + 1 if challenger == b else 1
+                    if wins < confirmations:
+                        pending[user] = (b, wins)
+                        continue
             order = np.argpartition(-row, top_k - 1)[:top_k] if top_k < k else np.arange(k)
             order = order[np.argsort(-row[order], kind="stable")]
             score = round(float(row[b]), _DIGITS)

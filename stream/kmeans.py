@@ -67,6 +67,12 @@ _RESEED_CANDIDATES = 512
 # Reservoir points whose weight has decayed below this (three half-lives) are dropped,
 # so reseeding never revives a centre from long-gone data.
 _RESERVOIR_MAX_AGE = 0.125
+# A refinement needs at least this many reservoir points per cluster (fewer: k-means on the
+# reservoir would fit its noise, so the refinement is skipped).
+_REFINE_POINTS_PER_CLUSTER = 16
+# A refined centre whose cosine similarity to the centre it replaces is below this counts as a
+# new centre (listed in ApplyResult.reseeded, so its labels start afresh).
+_REFINE_NEW_CENTRE_SIM = 0.5
 
 
 # ---------------------------------------------------------------------------- wire formats
@@ -100,6 +106,11 @@ class _ModelWire(msgspec.Struct):
     n_reservoir: int
     rng_state: str
     sample_rng_state: str
+    # Periodic refinement (absent in states written before it existed).
+    refine_wait: int = 0
+    refine_interval: int = 0
+    n_refines: int = 0
+    n_refines_adopted: int = 0
 
 
 def _f64(buf: bytes, shape: tuple[int, ...]) -> np.ndarray:
@@ -258,7 +269,9 @@ class ApplyResult:
     ``movement[j]`` is how far centroid ``j`` moved (cosine distance when spherical,
     L2 otherwise); ``reseeded`` lists the clusters that were given a new centre;
     ``version`` is the model version after the update; ``initialised`` tells whether
-    the model is initialised (it may have become so in this very call).
+    the model is initialised (it may have become so in this very call); ``refined``
+    tells whether a periodic refinement replaced the centroids in this call (its
+    clusters whose centre changed a lot are listed in ``reseeded`` as well).
     """
 
     movement: np.ndarray
@@ -266,6 +279,7 @@ class ApplyResult:
     version: int
     initialised: bool
     n_points: int
+    refined: bool = False
 
 
 # ---------------------------------------------------------------------------- the estimator
@@ -296,6 +310,26 @@ class MiniBatchKMeans(base.Clusterer):
     seeds_per_batch
         Size of the point sample each :class:`BatchStatistics` carries once the model is
         initialised (before, it carries up to ``max(seeds_per_batch, init_size)``).
+    refine_every
+        Every this many applied batches, :meth:`apply` runs a *refinement*: k-means (Lloyd)
+        on the reservoir, from the current centroids and from ``refine_restarts`` fresh
+        k-means++ seedings, and adopts the best result if it lowers the reservoir's
+        inertia by more than ``refine_min_gain`` (relative). This lets the streaming model
+        escape the local optima mini-batch updates get stuck in (a starved cluster next to
+        one that merges two groups). Cluster ids are kept by optimal (Hungarian) matching
+        of the new centres to the old. ``0`` disables refinement.
+    refine_restarts
+        Fresh k-means++ (greedy) seedings tried by each refinement.
+    refine_iterations
+        Most Lloyd iterations per candidate (stops early when no point changes cluster).
+    refine_min_gain
+        Relative inertia gain a refinement needs to be adopted.
+    refine_backoff
+        While no restart beats the (polished) current centroids the interval doubles, up
+        to ``refine_backoff * refine_every`` batches; a winning restart resets it.
+    warmup
+        :attr:`is_warm` turns true once the model is initialised and has applied this many
+        batches (its centroids have settled enough to announce assignments).
     """
 
     def __init__(
@@ -309,6 +343,12 @@ class MiniBatchKMeans(base.Clusterer):
         seed: int | None = 42,
         reservoir_size: int = 2048,
         seeds_per_batch: int = 64,
+        refine_every: int = 10,
+        refine_restarts: int = 3,
+        refine_iterations: int = 10,
+        refine_min_gain: float = 0.002,
+        refine_backoff: int = 8,
+        warmup: int = 0,
     ) -> None:
         if n_clusters < 1:
             raise ValueError("n_clusters must be >= 1")
@@ -318,6 +358,10 @@ class MiniBatchKMeans(base.Clusterer):
             raise ValueError("half_life must be positive")
         if init_size is not None and init_size < n_clusters:
             raise ValueError("init_size must be >= n_clusters")
+        if refine_every < 0 or refine_restarts < 0 or refine_iterations < 1 or refine_backoff < 1:
+            raise ValueError("refine_every, refine_restarts >= 0, refine_iterations, refine_backoff >= 1 required")
+        if not refine_min_gain >= 0:
+            raise ValueError("refine_min_gain must be >= 0")
         self.n_clusters = n_clusters
         self.half_life = half_life
         self.time_unit = time_unit
@@ -327,6 +371,12 @@ class MiniBatchKMeans(base.Clusterer):
         self.seed = seed
         self.reservoir_size = reservoir_size
         self.seeds_per_batch = seeds_per_batch
+        self.refine_every = refine_every
+        self.refine_restarts = refine_restarts
+        self.refine_iterations = refine_iterations
+        self.refine_min_gain = refine_min_gain
+        self.refine_backoff = refine_backoff
+        self.warmup = warmup
 
         self._rng = np.random.default_rng(seed)
         self._sample_rng = np.random.default_rng(None if seed is None else seed + 1)
@@ -343,12 +393,24 @@ class MiniBatchKMeans(base.Clusterer):
         self._reservoir_keys = np.zeros(0, dtype=np.float64)
         self._reservoir_age = np.zeros(0, dtype=np.float64)
         self._n_applied = 0
+        # Refinement schedule: batches applied since the last refinement, the current interval
+        # (0: refine_every), and how many refinements ran / were adopted.
+        self._refine_wait = 0
+        self._refine_interval = 0
+        self.n_refines = 0
+        self.n_refines_adopted = 0
+        self._restart_won = False  # scratch: whether the last refinement's winner was a restart
         self.version = 0
 
     # ------------------------------------------------------------------ properties
     @property
     def is_initialised(self) -> bool:
         return self._centroids is not None
+
+    @property
+    def is_warm(self) -> bool:
+        """Initialised and at least ``warmup`` batches applied (assignments may be announced)."""
+        return self._centroids is not None and self._n_applied >= self.warmup
 
     @property
     def centroids(self) -> np.ndarray:
@@ -568,7 +630,10 @@ class MiniBatchKMeans(base.Clusterer):
             self._counts = decayed
             shadowed = None
         reseeded = self._reseed(shadowed)
-        changed = changed or bool(reseeded)
+        refined, replaced = self._maybe_refine()
+        if replaced:
+            reseeded = sorted(set(reseeded) | set(replaced))
+        changed = changed or bool(reseeded) or refined
         self._c32 = self._centroids.astype(np.float32)
         if changed:
             self.version += 1
@@ -578,6 +643,7 @@ class MiniBatchKMeans(base.Clusterer):
             version=self.version,
             initialised=True,
             n_points=stats.n_points,
+            refined=refined,
         )
 
     def _movement(self, old: np.ndarray, new: np.ndarray) -> np.ndarray:
@@ -756,6 +822,154 @@ class MiniBatchKMeans(base.Clusterer):
                 d2 = np.minimum(d2, self._sq_dist_to(pool, new[None, :].astype(np.float32)))
         return reseeded
 
+
+    # ------------------------------------------------------------------ refinement
+    def _maybe_refine(self) -> tuple[bool, list[int]]:
+        """Run a refinement when one is due; returns ``(adopted, clusters given a new centre)``."""
+        if self.refine_every <= 0:
+            return False, []
+        self._refine_wait += 1
+        interval = self._refine_interval or self.refine_every
+        if self._refine_wait < interval:
+            return False, []
+        self._refine_wait = 0
+        adopted, replaced = self.refine()
+        if self._restart_won:
+            self._refine_interval = self.refine_every
+        else:
+            self._refine_interval = min(2 * interval, self.refine_backoff * self.refine_every)
+        return adopted, replaced
+
+    def refine(self) -> tuple[bool, list[int]]:
+        """Re-cluster the reservoir now; adopt the result if it lowers the reservoir's inertia.
+
+        Candidates: Lloyd from the current centroids and from ``refine_restarts`` greedy
+        k-means++ seedings (drawn with the model's own generator, so the result depends on the
+        model state only), weighted by the points' recency. The best candidate is adopted when
+        its inertia is below ``(1 - refine_min_gain)`` times that of the current centroids (so
+        the Lloyd polish of the current centroids alone usually wins when no restart finds a
+        better optimum: mini-batch centroids lag the data); its centres are matched
+        to the current ids by the Hungarian algorithm (largest total similarity), and the
+        decayed counts are shared out in proportion to the reservoir weight each new cluster
+        gets. Returns ``(adopted, ids whose centre changed so much it is a new one)``.
+        Called by :meth:`apply` every ``refine_every`` batches; callable directly too
+        (it changes the state exactly as a scheduled refinement would, minus the schedule).
+        """
+        k = self.n_clusters
+        if self._centroids is None or self._reservoir is None or k < 2:
+            return False, []
+        n = self._reservoir.shape[0]
+        if n < _REFINE_POINTS_PER_CLUSTER * k:
+            return False, []
+        self.n_refines += 1
+        points = self._reservoir
+        w = self._reservoir_age.astype(np.float32)
+        current = self._centroids.astype(np.float32)
+        best, best_cost = None, self._refine_cost(points, w, current) * (1.0 - self.refine_min_gain)
+        self._restart_won = False
+        for r in range(self.refine_restarts + 1):
+            start = current if r == 0 else self._greedy_kmeans_pp(points, w, k)
+            centres = self._lloyd(points, w, start)
+            cost = self._refine_cost(points, w, centres)
+            if cost < best_cost:
+                best, best_cost = centres, cost
+                self._restart_won = r > 0
+        if best is None:
+            return False, []
+        from scipy.optimize import linear_sum_assignment
+
+        if self.spherical:
+            cost_matrix = -(current.astype(np.float64) @ best.astype(np.float64).T)
+        else:
+            cost_matrix = self._pair_d2(current.astype(np.float64), best.astype(np.float64))
+        rows, cols = linear_sum_assignment(cost_matrix)
+        new = np.empty_like(best)
+        new[rows] = best[cols]
+        new64 = new.astype(np.float64)
+        if self.spherical:
+            new64, _ = self._normalise(new64)
+        labels = self._nearest(points, new64.astype(np.float32))
+        share = np.bincount(labels, weights=w.astype(np.float64), minlength=k)
+        total_w = float(share.sum())
+        if total_w > 0:
+            self._counts = float(self._counts.sum()) * share / total_w
+        if self.spherical:
+            sim = np.einsum("ij,ij->i", self._centroids, new64)
+        else:
+            scale = np.maximum(np.linalg.norm(self._centroids, axis=1) * np.linalg.norm(new64, axis=1), 1e-12)
+            sim = np.einsum("ij,ij->i", self._centroids, new64) / scale
+        replaced = [int(j) for j in np.flatnonzero(sim < _REFINE_NEW_CENTRE_SIM)]
+        self._centroids = new64
+        self._c32 = new64.astype(np.float32)
+        self.n_refines_adopted += 1
+        return True, replaced
+
+    def _pair_d2(self, points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+        """``(n, m)`` squared distances (``2 - 2 cos`` for unit vectors when spherical)."""
+        dots = points @ centres.T
+        if self.spherical:
+            return np.maximum(2.0 - 2.0 * dots, 0.0)
+        p_sq = np.einsum("ij,ij->i", points, points)
+        c_sq = np.einsum("ij,ij->i", centres, centres)
+        return np.maximum(p_sq[:, None] + c_sq[None, :] - 2.0 * dots, 0.0)
+
+    def _nearest(self, points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+        if self.spherical:
+            return np.argmax(points @ centres.T, axis=1)
+        c_sq = np.einsum("ij,ij->i", centres, centres)
+        return np.argmin(c_sq[None, :] - 2.0 * (points @ centres.T), axis=1)
+
+    def _refine_cost(self, points: np.ndarray, w: np.ndarray, centres: np.ndarray) -> float:
+        """Weighted inertia of ``points`` (squared distance to the nearest centre)."""
+        return float(np.dot(w.astype(np.float64), self._pair_d2(points, centres).min(axis=1).astype(np.float64)))
+
+    def _greedy_kmeans_pp(self, points: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
+        """Greedy k-means++ seeding (``2 + log k`` candidates per centre, as scikit-learn) on weighted points."""
+        n = points.shape[0]
+        w64 = w.astype(np.float64)
+        trials = 2 + int(math.log(k))
+        first = int(self._rng.choice(n, p=w64 / w64.sum()))
+        chosen = [first]
+        d2 = self._pair_d2(points, points[first : first + 1])[:, 0].astype(np.float64)
+        for _ in range(1, k):
+            mass = w64 * d2
+            total = float(mass.sum())
+            if total > 0:
+                idx = self._rng.choice(n, size=trials, p=mass / total)
+            else:
+                idx = self._rng.integers(n, size=trials)
+            cand = np.minimum(d2[None, :], self._pair_d2(points, points[idx]).T.astype(np.float64))
+            b = int(np.argmin(cand @ w64))
+            chosen.append(int(idx[b]))
+            d2 = cand[b]
+        return points[chosen].astype(np.float32)
+
+    def _lloyd(self, points: np.ndarray, w: np.ndarray, centres: np.ndarray) -> np.ndarray:
+        """Weighted Lloyd iterations from ``centres``; returns the new centres.
+
+        A cluster left empty takes the point farthest from its centre (deterministic).
+        """
+        c = centres.astype(np.float32).copy()
+        labels = None
+        for _ in range(self.refine_iterations):
+            d2 = self._pair_d2(points, c)
+            new_labels = np.argmin(d2, axis=1)
+            if labels is not None and np.array_equal(new_labels, labels):
+                break
+            labels = new_labels
+            sums, weights = self._cluster_sums(points, w.astype(np.float64), labels)
+            empty = np.flatnonzero(weights <= 0)
+            if empty.shape[0]:
+                far = np.argsort(-d2[np.arange(points.shape[0]), labels], kind="stable")[: empty.shape[0]]
+                sums[empty[: far.shape[0]]] = points[far]
+                weights[empty[: far.shape[0]]] = 1.0
+            has = weights > 0
+            upd = sums[has] / weights[has, None]
+            if self.spherical:
+                upd, _ = self._normalise(upd)
+            c[has] = upd.astype(np.float32)
+        return c
+
     # ------------------------------------------------------------------ state
     def to_bytes(self) -> bytes:
         """The full state (params, centroids, counts, reservoir, RNGs): magic ``ISKM``, version byte, msgpack."""
@@ -780,6 +994,10 @@ class MiniBatchKMeans(base.Clusterer):
             n_reservoir=int(res.shape[0]),
             rng_state=json.dumps(self._rng.bit_generator.state),
             sample_rng_state=json.dumps(self._sample_rng.bit_generator.state),
+            refine_wait=self._refine_wait,
+            refine_interval=self._refine_interval,
+            n_refines=self.n_refines,
+            n_refines_adopted=self.n_refines_adopted,
         )
         assert k == self._counts.shape[0]
         return _MODEL_MAGIC + bytes([_FORMAT_VERSION]) + msgspec.msgpack.encode(wire)
@@ -809,6 +1027,10 @@ class MiniBatchKMeans(base.Clusterer):
         model._reservoir_age = _f64(w.reservoir_age, (w.n_reservoir,))
         model._rng.bit_generator.state = json.loads(w.rng_state)
         model._sample_rng.bit_generator.state = json.loads(w.sample_rng_state)
+        model._refine_wait = w.refine_wait
+        model._refine_interval = w.refine_interval
+        model.n_refines = w.n_refines
+        model.n_refines_adopted = w.n_refines_adopted
         return model
 
     @classmethod

@@ -99,9 +99,20 @@ class Pipeline:
         self.embedder = EventEmbedder(encoder, self.cache, self.catalog)
         self.profiles = ProfileStore(int(encoder.dim), s.half_life_s)
         self.model = MiniBatchKMeans(
-            n_clusters=s.n_clusters, half_life=s.kmeans_half_life, time_unit=s.kmeans_time_unit, seed=s.seed
+            n_clusters=s.n_clusters,
+            half_life=s.kmeans_half_life,
+            time_unit=s.kmeans_time_unit,
+            seed=s.seed,
+            refine_every=s.refine_every,
+            refine_restarts=s.refine_restarts,
+            refine_iterations=s.refine_iterations,
+            refine_min_gain=s.refine_min_gain,
+            refine_backoff=s.refine_backoff,
+            warmup=s.warmup_batches,
         )
-        self.tracker = AssignmentTracker(hysteresis=s.hysteresis, top_k=s.top_k)
+        self.tracker = AssignmentTracker(
+            hysteresis=s.hysteresis, top_k=s.top_k, maturity_margin=s.maturity_margin, confirmations=s.confirmations
+        )
         self.labeler = ClusterLabeler(
             s.n_clusters, half_life=s.label_half_life, max_vocab=s.label_max_vocab, top_n=s.label_top_n
         )
@@ -190,7 +201,9 @@ class Pipeline:
         directions = self.profiles.directions(self.profiles.slots_of(users))
         sims = self.model.similarities(directions)
         event_ts = np.fromiter((self.profiles.ref_ms(u) for u in users), dtype=np.int64, count=len(users))
-        changes = self.tracker.assess(users, directions, sims, self.model.version, event_ts, now_ms)
+        changes = self.tracker.assess(
+            users, directions, sims, self.model.version, event_ts, now_ms, maturity=self.worker.maturity(users)
+        )
         self.worker.counters.changes += len(changes)
         return changes
 

@@ -52,6 +52,26 @@ class ClusteringSettings(BaseModel):
     kmeans_time_unit: Literal["batches", "points"] = Field(
         "batches", description="What the k-means half-life counts: micro-batches or points (user updates)."
     )
+    refine_every: int = Field(
+        10,
+        ge=0,
+        description="Every this many model updates, re-cluster the model's reservoir of recent profiles "
+        "(k-means++ restarts) and adopt the result if it fits better; ids stay stable (0 disables).",
+    )
+    refine_restarts: int = Field(
+        3, ge=0, le=100, description="Fresh k-means++ seedings tried by each refinement (besides the current centroids)."
+    )
+    refine_iterations: int = Field(
+        10, ge=1, le=1000, description="Most Lloyd iterations per refinement candidate."
+    )
+    refine_min_gain: float = Field(
+        0.002, ge=0, lt=1, description="Relative drop of the reservoir's inertia a refinement needs to be adopted."
+    )
+    refine_backoff: int = Field(
+        8,
+        ge=1,
+        description="While no k-means++ restart wins a refinement, its interval doubles, up to this many times `refine_every`.",
+    )
 
     # --- profiles -----------------------------------------------------------------------
     half_life_s: float = Field(
@@ -69,6 +89,25 @@ class ClusteringSettings(BaseModel):
         ge=0,
         le=2,
         description="A user moves to a new cluster only when it beats the current one by this cosine margin.",
+    )
+    warmup_batches: int = Field(
+        0,
+        ge=0,
+        description="Users are first assigned once the model has learned from this many micro-batches "
+        "(until then their assessment waits; an idle sweep assigns them anyway).",
+    )
+    maturity_margin: float = Field(
+        0.0,
+        ge=0,
+        le=2,
+        description="Extra cosine margin for young profiles: a move needs hysteresis + maturity_margin / "
+        "sqrt(max(profile weight, 1)), the profile weight being its decayed sum of event weights.",
+    )
+    confirmations: int = Field(
+        1,
+        ge=1,
+        le=100,
+        description="A user moves only after the new cluster wins this many assessments in a row (1: at once).",
     )
     top_k: int = Field(3, ge=1, description="Clusters listed (with scores) in each assignment-change record.")
     recheck_budget: int = Field(

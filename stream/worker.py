@@ -260,7 +260,7 @@ class WorkerStage:
             stats = model.summarise(directions, similarities=sims)
             if self.labeler is not None and model.is_initialised:
                 clusters = model.predict_many(emb.vectors)
-                label_stats = self.labeler.summarise(clusters, emb.texts)
+                label_stats = self.labeler.summarise(clusters, emb.texts, emb.keys)
 
         forgotten = [u for u in last_forget if u not in self.profiles]
         reset = [u for u in last_forget if u in self.profiles]
@@ -317,7 +317,7 @@ class WorkerStage:
 
         changes: list[AssignmentChange] = []
         n_rechecked = 0
-        if model.is_initialised:
+        if model.is_warm:
             user_ids, directions, event_ts = prepared.user_ids, prepared.directions, prepared.event_ts_ms
             if self._pending:
                 # Users seen before the model existed: assess them now, with their own latest event time.
@@ -332,7 +332,9 @@ class WorkerStage:
                     event_ts = np.concatenate([event_ts, late_ts])
             if user_ids:
                 sims = model.similarities(directions)
-                changes = tracker.assess(user_ids, directions, sims, model.version, event_ts, now_ms)
+                changes = tracker.assess(
+                    user_ids, directions, sims, model.version, event_ts, now_ms, maturity=self.maturity(user_ids)
+                )
             if movement is not None and self.settings.recheck_budget > 0:
                 rechecked, n_rechecked = self._recheck(model, movement, set(user_ids), now_ms)
                 changes += rechecked
@@ -366,4 +368,20 @@ class WorkerStage:
         directions = self.profiles.directions(slots)
         sims = model.similarities(directions)
         event_ts = np.fromiter((self.profiles.ref_ms(u) for u in users), dtype=np.int64, count=len(users))
-        return self.tracker.assess(users, directions, sims, model.version, event_ts, now_ms), len(users)
+        changes = self.tracker.assess(
+            users, directions, sims, model.version, event_ts, now_ms, maturity=self.maturity(users, slots)
+        )
+        return changes, len(users)
+
+    def maturity(self, user_ids: Sequence[str], slots: np.ndarray | None = None) -> np.ndarray | None:
+        """How much evidence each user's profile holds (its decayed sum of event weights), for the
+        tracker's maturity margin; ``None`` when ``settings.maturity_margin`` is 0 (not needed).
+
+        Every user must have a profile; ``slots`` (their profile slots) may be passed when known.
+        """
+        if self.settings.maturity_margin <= 0:
+            return None
+        if slots is None:
+            slots = self.profiles.slots_of(user_ids)
+        # ProfileStore keeps the decayed masses in a side array indexed by slot.
+        return self.profiles._mass[np.asarray(slots, dtype=np.int64)].copy()

@@ -153,3 +153,35 @@ def test_state_round_trip():
     assert copy.to_bytes() == tracker.to_bytes()
     with pytest.raises(ValueError):
         AssignmentTracker.from_bytes(b"nope" + tracker.to_bytes()[4:])
+
+
+def test_maturity_margin_holds_young_profiles_and_frees_mature_ones():
+    tracker = AssignmentTracker(hysteresis=0.02, maturity_margin=0.2)
+    sims = np.array([[0.6, 0.1], [0.6, 0.1]], dtype=np.float32)
+    assert len(tracker.assess(["young", "old"], None, sims, 1, 0, 0, maturity=np.array([1.0, 1.0]))) == 2
+    gap = np.array([[0.5, 0.6], [0.5, 0.6]], dtype=np.float32)  # cluster 1 wins by 0.1
+    changes = tracker.assess(["young", "old"], None, gap, 2, 0, 0, maturity=np.array([1.0, 100.0]))
+    # young: margin 0.02 + 0.2 = 0.22 > 0.1; old: 0.02 + 0.02 = 0.04 < 0.1
+    assert [c.user_id for c in changes] == ["old"]
+    assert tracker.last("young")[0] == 0
+    # Without maturity every user counts as mature.
+    assert [c.user_id for c in tracker.assess(["young"], None, gap[:1], 3, 0, 0)] == ["young"]
+    with pytest.raises(ValueError):
+        tracker.assess(["a", "b"], None, gap, 4, 0, 0, maturity=np.ones(3))
+
+
+def test_confirmations_need_consecutive_wins():
+    tracker = AssignmentTracker(hysteresis=0.02, confirmations=2)
+    assert len(_one(tracker, "u", [0.9, 0.1])) == 1  # a first assignment is never delayed
+    assert _one(tracker, "u", [0.3, 0.8]) == []  # first win
+    assert _one(tracker, "u", [0.8, 0.3]) == []  # streak broken
+    assert _one(tracker, "u", [0.3, 0.8]) == []  # first win again
+    copy = AssignmentTracker.from_bytes(tracker.to_bytes())  # the streak survives a restart
+    assert copy.confirmations == 2 and copy.to_bytes() == tracker.to_bytes()
+    for t in (tracker, copy):
+        changes = _one(t, "u", [0.3, 0.8])
+        assert len(changes) == 1 and (changes[0].cluster, changes[0].previous_cluster) == (1, 0)
+    tracker.forget("u")
+    assert tracker._pending == {}
+    with pytest.raises(ValueError):
+        AssignmentTracker(confirmations=0)

@@ -96,7 +96,9 @@ def test_quality_evaluate_scores_a_separable_scenario():
     assert [c.fraction for c in result.checkpoints] == list(quality.CHECKPOINTS)
     assert result.checkpoints[-1].events == len(scenario.events)
     last = result.checkpoints[-1].scores
-    assert set(last) == {"product", "offline KMeans", "sklearn MiniBatchKMeans", "river KMeans"}
+    assert set(last) == {
+        "product", "product centroids", "offline KMeans", "sklearn MiniBatchKMeans", "river KMeans"
+    }
     for score in last.values():
         assert -1.0 <= score.ari <= 1.0 and 0.0 <= score.nmi <= 1.0 + 1e-9
     assert last["offline KMeans"].nmi > 0.6  # topics are well separated
@@ -135,6 +137,7 @@ def test_drift_recovery_and_churn_definitions():
     assert result.stable_users == 2 and result.stable_events == 10 and result.stable_changes == 2
     assert result.churn == pytest.approx(0.2)
     assert result.baseline_churn == pytest.approx(0.1)
+    assert result.late_churn == pytest.approx(2 / 6)  # both extra changes of s1 fall in its last 3 events
 
 
 def test_movielens_core_on_a_tiny_log():

@@ -121,7 +121,7 @@ def test_time_unit_points_decays_per_point():
 def test_starved_cluster_is_reseeded_with_a_stable_id():
     rng = np.random.default_rng(2)
     axes = _axes(3)
-    model = MiniBatchKMeans(n_clusters=3, half_life=5.0, seed=0)
+    model = MiniBatchKMeans(n_clusters=3, half_life=5.0, seed=0, refine_every=0)  # the reseed rule alone
     X, _ = _blobs(rng, axes, 30)
     model.learn_many(X)
     ids = [int(model.predict_many(a[None, :])[0]) for a in axes]
@@ -324,3 +324,115 @@ def test_zero_weight_points_are_never_seeds_and_zero_rows_are_ignored():
     model.apply(stats)
     assert model.is_initialised
     assert set(np.argmax(model.centroids, axis=1).tolist()) <= {4, 5, 6, 7}
+
+
+# ---------------------------------------------------------------------------- refinement
+
+
+def _stuck_model(refine_every, seed=0):
+    """Three blobs, but the model starts with two centres in blob 0 and one between blobs 1 and 2."""
+    model = MiniBatchKMeans(n_clusters=3, half_life=50.0, seed=seed, refine_every=refine_every, reseed_fraction=0.0)
+    axes = _axes(3)
+    rng = np.random.default_rng(seed)
+    init = np.vstack([
+        axes[0] + rng.normal(0, 0.05, (4, DIM)),
+        axes[0] + rng.normal(0, 0.05, (4, DIM)) + 0.3 * axes[1],
+        np.tile((axes[1] + axes[2]) / np.sqrt(2), (4, 1)) + rng.normal(0, 0.01, (4, DIM)),
+    ]).astype(np.float32)
+    model.learn_many(init[[0, 4, 8, 1, 5, 9, 2, 6, 10]])  # init_size 9: k-means++ on these points
+    return model, axes, rng
+
+
+def test_refine_escapes_a_local_optimum_and_keeps_ids():
+    stuck, axes, rng = _stuck_model(refine_every=0)
+    model = MiniBatchKMeans.from_bytes(stuck.to_bytes())
+    model.refine_every = 5
+    found = {}
+    for step in range(40):
+        X, _ = _blobs(rng, axes, 40)
+        r_stuck, r_model = stuck.learn_many(X), model.learn_many(X)
+        assert not r_stuck.refined
+        if r_model.refined:
+            found.setdefault("first", step)
+            assert step % 5 == 4 or model.refine_backoff > 1
+    assert "first" in found and model.n_refines_adopted >= 1
+    # The refined model separates the three blobs; the stuck one did not.
+    refined_ids = {int(model.predict_many(a[None, :])[0]) for a in axes}
+    stuck_ids = {int(stuck.predict_many(a[None, :])[0]) for a in axes}
+    assert len(refined_ids) == 3 and len(stuck_ids) < 3
+    # Ids stay put across later refinements: each blob keeps its cluster.
+    before = [int(model.predict_many(a[None, :])[0]) for a in axes]
+    for _ in range(30):
+        model.learn_many(_blobs(rng, axes, 40)[0])
+    assert [int(model.predict_many(a[None, :])[0]) for a in axes] == before
+    np.testing.assert_allclose(np.linalg.norm(model.centroids, axis=1), 1.0, rtol=1e-5)
+    assert model.counts.sum() > 0 and np.isfinite(model.counts).all()
+
+
+def test_refine_keeps_matching_ids_when_centres_are_permuted():
+    rng = np.random.default_rng(3)
+    axes = _axes(4)
+    model = MiniBatchKMeans(n_clusters=4, seed=2, refine_every=0)
+    for _ in range(20):
+        model.learn_many(_blobs(rng, axes, 30)[0])
+    ids = [int(model.predict_many(a[None, :])[0]) for a in axes]
+    assert sorted(ids) == [0, 1, 2, 3]
+    model._centroids = model._centroids + 0.2 * np.ones(DIM) / np.sqrt(DIM)  # knock them off-centre
+    model._centroids /= np.linalg.norm(model._centroids, axis=1, keepdims=True)
+    adopted, replaced = model.refine()
+    assert adopted and replaced == []
+    assert [int(model.predict_many(a[None, :])[0]) for a in axes] == ids
+    for j, a in zip(ids, axes, strict=True):
+        assert _cos(model.centroids[j], a) > 0.99
+
+
+def test_refine_needs_enough_reservoir_points_and_can_be_disabled():
+    rng = np.random.default_rng(1)
+    model = MiniBatchKMeans(n_clusters=8, seed=0, refine_every=1, reservoir_size=64)
+    model.learn_many(_blobs(rng, _axes(8), 10)[0])
+    for _ in range(5):
+        assert not model.learn_many(_blobs(rng, _axes(8), 10)[0]).refined
+    assert model.n_refines == 0  # 64 points < 16 per cluster
+    with pytest.raises(ValueError):
+        MiniBatchKMeans(refine_iterations=0)
+
+
+def test_refine_backs_off_while_not_adopted():
+    rng = np.random.default_rng(5)
+    axes = _axes(3)
+    model = MiniBatchKMeans(n_clusters=3, seed=0, refine_every=2, refine_backoff=4, refine_min_gain=0.5)
+    runs = []
+    for step in range(40):
+        before = model.n_refines
+        model.learn_many(_blobs(rng, axes, 40)[0])
+        if model.n_refines > before:
+            runs.append(step)
+    assert model.n_refines_adopted == 0  # a 50% gain is never reached on clean blobs
+    gaps = np.diff(runs).tolist()
+    assert gaps[:2] == [4, 8] and set(gaps[2:]) == {8}
+
+
+def test_replaying_statistics_is_bit_exact_across_a_state_round_trip():
+    """What the service relies on: logged statistics replayed on a restored model give the same model."""
+    rng = np.random.default_rng(11)
+    axes = _axes(4)
+    a = MiniBatchKMeans(n_clusters=4, seed=7, refine_every=3)
+    producer = MiniBatchKMeans(n_clusters=4, seed=7, refine_every=0)  # summarises like a worker would
+    stats = []
+    for step in range(30):
+        X, _ = _blobs(rng, axes[: 2 + step % 3], 25)
+        s = a.summarise(X) if a.is_initialised else producer.summarise(X)
+        stats.append(BatchStatistics.from_bytes(s.to_bytes()))
+    b = MiniBatchKMeans(n_clusters=4, seed=7, refine_every=3)
+    results_a = []
+    for i, s in enumerate(stats):
+        results_a.append(a.apply(s))
+        if i == 13:
+            a = MiniBatchKMeans.from_bytes(a.to_bytes())  # restart mid-way
+    results_b = [b.apply(s) for s in stats]
+    assert sum(r.refined for r in results_b) >= 2
+    assert [r.refined for r in results_a] == [r.refined for r in results_b]
+    assert [r.reseeded for r in results_a] == [r.reseeded for r in results_b]
+    np.testing.assert_array_equal(a._centroids, b._centroids)
+    np.testing.assert_array_equal(a._counts, b._counts)
+    assert a.to_bytes() == b.to_bytes()

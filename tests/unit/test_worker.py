@@ -311,3 +311,29 @@ def test_settings_validation():
                 {"kmeans_time_unit": "hours"}, {"no_such_field": 1}):
         with pytest.raises(ValidationError):
             ClusteringSettings(**bad)
+
+
+# ---------------------------------------------------------------------------------------------- stability knobs
+def test_warmup_holds_first_assignments_until_the_model_has_learned(corpus):
+    scenario = simulate(corpus, n_users=40, mean_events_per_user=8, drift_fraction=0.0, seed=4)
+    pipe = make_pipeline(corpus, warmup_batches=3)
+    results = run_scenario(pipe, scenario.events, batch=32)
+    assert pipe.model.is_initialised
+    assert [bool(r.changes) for r in results[:2]] == [False, False]
+    assert results[2].changes  # everyone seen so far is assessed at once
+    early_users = {e["user_id"] for e in scenario.events[: 3 * 32]}
+    assert early_users <= {c.user_id for c in results[2].changes}
+
+
+def test_maturity_margin_uses_profile_weight_and_cuts_flapping(corpus):
+    scenario = simulate(corpus, n_users=60, mean_events_per_user=20, drift_fraction=0.0, seed=8)
+    plain = make_pipeline(corpus)
+    held = make_pipeline(corpus, maturity_margin=0.3, confirmations=2)
+    assert plain.worker.maturity(["x"]) is None
+    n_plain = sum(len(r.changes) for r in run_scenario(plain, scenario.events))
+    n_held = sum(len(r.changes) for r in run_scenario(held, scenario.events))
+    users = sorted(scenario.truth)[:5]
+    masses = held.worker.maturity(users)
+    assert masses.tolist() == [held.profiles.raw(u)[2] for u in users]
+    assert len(held.tracker) == len(plain.tracker) == len(scenario.truth)  # everyone still assigned
+    assert n_held < n_plain
