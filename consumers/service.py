@@ -213,7 +213,10 @@ class InterestService:
         self._model_restored = False
         self._since_model_snapshot = 0
         self._pending_dead_letters: list[Send] = []
+        self._batch_rebalances = 0
         self._pending_assignment: set[int] | None = None
+        self._seek_committed = False  # after a recovery: re-read owned partitions from their committed offsets
+        self._rebalances = 0  # partition revocations seen; a batch that spans one is not committed
         self._sweep: list[str] = []  # users still to re-assess in the current idle sweep
         self._swept_version = -1  # model version the last complete idle sweep used
         self._sweep_version = -1
@@ -396,6 +399,7 @@ class InterestService:
 
         class Listener(ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked):
+                service._rebalances += 1
                 log.info("partitions revoked: %s", sorted((tp.topic, tp.partition) for tp in revoked))
                 service.server.set_ready(False)
                 for tp in revoked:
@@ -452,6 +456,10 @@ class InterestService:
             ok = self._retrying("restore", lambda: self._restore(sorted(gained)))
             if ok is None:
                 return
+        if self._seek_committed:
+            if self._retrying("recover", lambda: self._seek_to_committed(assigned)) is None:
+                return
+            self._seek_committed = False
         self._owned = set(assigned)
         paused = self.consumer.paused()
         if paused:
@@ -526,7 +534,11 @@ class InterestService:
                  "found" if data is not None else "absent", replayed, writer, pipe.model.version)
 
     def _recover(self, reason: BaseException) -> None:
-        """A batch failed to commit: abort, rebuild state from Kafka, re-read from the committed offsets."""
+        """A batch was not committed: abort it, drop all state, and let the loop rebuild it from Kafka.
+
+        The rebuild is an ordinary assignment: every owned partition is restored from the changelogs
+        (which hold exactly what was committed) and re-read from its committed offset.
+        """
         from stream.pipeline import Pipeline
 
         log.warning("batch not committed (%s: %s): rebuilding state from the changelogs", type(reason).__name__, reason)
@@ -550,26 +562,27 @@ class InterestService:
         self._model_restored = False
         self._sweep, self._swept_version = [], -1
         self._prev = dict.fromkeys(self._prev, 0)  # the new pipeline's counters start at zero
-        owned = sorted(self._owned)
-        if self._retrying("recover", lambda: self._restore(owned)) is None:
-            return
+        owned = self._pending_assignment if self._pending_assignment is not None else set(self._owned)
+        self._owned = set()
+        self._pending_assignment = owned
+        self._seek_committed = True
+        assigned = self.consumer.assignment()
+        if assigned:
+            self.consumer.pause(*assigned)
 
-        def seek_committed() -> bool:
-            from kafka import TopicPartition
+    def _seek_to_committed(self, partitions: set[int]) -> bool:
+        from kafka import TopicPartition
 
-            for p in owned:
-                tp = TopicPartition(self.settings.events_topic, p)
-                if tp not in self.consumer.assignment():
-                    continue
-                committed = self.consumer.committed(tp)
-                if committed is None:
-                    self.consumer.seek_to_beginning(tp)
-                else:
-                    self.consumer.seek(tp, committed)
-            return True
-
-        self._retrying("recover", seek_committed)
-        self.server.set_ready(True)
+        for p in partitions:
+            tp = TopicPartition(self.settings.events_topic, p)
+            if tp not in self.consumer.assignment():
+                continue
+            committed = self.consumer.committed(tp)
+            if committed is None:
+                self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, committed)
+        return True
 
     # ----------------------------------------------------------------- the loop
     def _loop(self) -> None:
@@ -590,6 +603,7 @@ class InterestService:
 
     def _collect_batch(self) -> list:
         s = self.settings
+        self._batch_rebalances = self._rebalances
         records: list = []
         deadline: float | None = None
         while not self._stop.is_set():
@@ -710,6 +724,12 @@ class InterestService:
         batch_users = self._batch_users(records)
         sends = self._outputs(out, batch_users, now_ms)
         offsets = self._offsets(records)
+        if self._rebalances != self._batch_rebalances:
+            # The group rebalanced while this batch was polled or processed: some of its partitions may
+            # be another member's now, and that member restores them from what is committed. Committing
+            # here could lose or double events there, so drop the batch and rebuild from Kafka instead.
+            self._recover(RuntimeError("the group rebalanced during the batch"))
+            return
         try:
             futures = self._commit_batch(sends, offsets)
             if futures is None:
