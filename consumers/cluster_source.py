@@ -53,22 +53,28 @@ def resolve_bootstrap(option: str | None, environ: Mapping[str, str] | None = No
     return from_env or DEFAULT_BOOTSTRAP
 
 
-def parse_kafka_options(pairs: Iterable[str]) -> dict[str, Any]:
-    """``key=value`` pairs to kafka-python settings (Java-style dotted names accepted).
+def load_for_command(bootstrap_servers: str | None, centroids_topic: str, assignments_topic: str,
+                     timeout: float, kafka_option: list[str]):
+    """What ``inspect`` and ``report`` share: resolve the cluster and read both topics (or exit 1 saying why).
 
-    >>> parse_kafka_options(["security.protocol=SASL_SSL", "request_timeout_ms=5000"])
-    {'security_protocol': 'SASL_SSL', 'request_timeout_ms': 5000}
+    Returns ``(bootstrap_servers, histories)``.
     """
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"expected key=value, got {pair!r}")
-        parsed: Any = value
-        if value.lstrip("-").isdigit():
-            parsed = int(value)
-        out[key.strip().replace(".", "_").replace("-", "_")] = parsed
-    return out
+    import typer
+    from rich.console import Console
+
+    from consumers.settings import parse_kafka_options
+    from consumers.topic_reader import TopicNotFound
+
+    err = Console(stderr=True)
+    bootstrap = resolve_bootstrap(bootstrap_servers)
+    try:
+        options = parse_kafka_options(kafka_option)
+        with err.status(f"reading {centroids_topic!r} and {assignments_topic!r} from {bootstrap}"):
+            return bootstrap, load_histories(bootstrap, centroids_topic, assignments_topic, timeout_s=timeout,
+                                             kafka_options=options)
+    except (TopicNotFound, TimeoutError, ValueError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
 
 
 def decode_histories(

@@ -44,6 +44,26 @@ def normalise_kafka_options(options: dict[str, Any]) -> dict[str, Any]:
     return {str(k).replace(".", "_").replace("-", "_"): v for k, v in options.items()}
 
 
+def parse_kafka_options(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``KEY=VALUE`` flags to kafka-python settings: dotted names translated, ints and booleans converted.
+
+    >>> parse_kafka_options(["security.protocol=SASL_SSL", "request_timeout_ms=5000", "ssl_check_hostname=false"])
+    {'security_protocol': 'SASL_SSL', 'request_timeout_ms': 5000, 'ssl_check_hostname': False}
+    """
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected KEY=VALUE, got {pair!r}")
+        parsed: Any = value
+        if value.lower() in ("true", "false"):
+            parsed = value.lower() == "true"
+        elif value.lstrip("-").isdigit():
+            parsed = int(value)
+        out[key.strip()] = parsed
+    return normalise_kafka_options(out)
+
+
 def is_secret(name: str) -> bool:
     """Whether a setting name holds a secret that must not be logged."""
     lowered = name.lower()

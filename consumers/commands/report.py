@@ -42,22 +42,12 @@ def report(
 
     from consumers.chromium import ChromiumError
     from consumers.chromium import screenshot as take_screenshot
-    from consumers.cluster_source import load_histories, parse_kafka_options, resolve_bootstrap
+    from consumers.cluster_source import load_for_command
     from consumers.report_page import render_report
-    from consumers.topic_reader import TopicNotFound
     from stream.cluster_view import build_view
 
     err = Console(stderr=True)
-    bootstrap = resolve_bootstrap(bootstrap_servers)
-    try:
-        options = parse_kafka_options(kafka_option)
-        with err.status(f"reading {centroids_topic!r} and {assignments_topic!r} from {bootstrap}"):
-            data = load_histories(
-                bootstrap, centroids_topic, assignments_topic, timeout_s=timeout, kafka_options=options
-            )
-    except (TopicNotFound, TimeoutError, ValueError) as exc:
-        err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from exc
+    bootstrap, data = load_for_command(bootstrap_servers, centroids_topic, assignments_topic, timeout, kafka_option)
     view = build_view(data.snapshots, data.changes)
     page = render_report(
         view,

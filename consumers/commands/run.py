@@ -20,24 +20,6 @@ import typer
 Opt = typer.Option
 
 
-def parse_kafka_options(pairs: list[str] | None) -> dict[str, str | int | bool] | None:
-    """``["security_protocol=SASL_SSL", "request_timeout_ms=30000"]`` → a dict with ints/bools converted."""
-    if not pairs:
-        return None
-    result: dict[str, str | int | bool] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise typer.BadParameter(f"--kafka-option wants KEY=VALUE, got {pair!r}")
-        key, value = pair.split("=", 1)
-        converted: str | int | bool = value
-        if value.lower() in ("true", "false"):
-            converted = value.lower() == "true"
-        elif value.lstrip("-").isdigit():
-            converted = int(value)
-        result[key.strip()] = converted
-    return result
-
-
 def run(
     config: Annotated[Path | None, Opt("--config", "-c", help="TOML config file (top-level keys = setting names; [kafka] and [clustering] tables).", exists=True, dir_okay=False)] = None,
     bootstrap_servers: Annotated[str | None, Opt(help="Kafka bootstrap servers host:port[,...] (env INTEREST_STREAM_BOOTSTRAP_SERVERS or KAFKA_BOOTSTRAP_SERVERS).")] = None,
@@ -75,7 +57,7 @@ def run(
     """
     from pydantic import ValidationError
 
-    from consumers.settings import ServiceSettings
+    from consumers.settings import ServiceSettings, parse_kafka_options
 
     overrides = {
         "bootstrap_servers": bootstrap_servers, "group_id": group_id, "events_topic": events_topic,
@@ -86,7 +68,7 @@ def run(
         "processing_guarantee": processing_guarantee, "instance_id": instance_id,
         "model_snapshot_every": model_snapshot_every,
         "metrics_host": metrics_host, "metrics_port": metrics_port, "log_level": log_level,
-        "kafka": parse_kafka_options(kafka_option),
+        "kafka": parse_kafka_options(kafka_option) if kafka_option else None,
         "clustering": {"n_clusters": clusters, "half_life_s": half_life_s, "kmeans_half_life": kmeans_half_life,
                        "hysteresis": hysteresis, "model_path": model, "device": device},
     }

@@ -10,8 +10,9 @@ import pytest
 
 from consumers.chromium import chromium_command
 from consumers.cluster_plot import figure_png, map_figure, sizes_figure
-from consumers.cluster_source import decode_histories, parse_kafka_options, resolve_bootstrap
+from consumers.cluster_source import decode_histories, resolve_bootstrap
 from consumers.report_page import render_report
+from consumers.settings import parse_kafka_options
 from consumers.topic_reader import TopicRecord, latest_by_key, merge_partitions
 from stream.cluster_view import build_view, sizes_over_time
 from stream.records import AssignmentChange, CentroidSnapshot, ClusterScore, encode_record
