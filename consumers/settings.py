@@ -142,7 +142,8 @@ class ServiceSettings(BaseSettings):
         "default: <group_id>-model-updates."
     )
     model_snapshot_every: int = Field(
-        10, ge=1, description="Write the model to its changelog every this many batches (and at shutdown)."
+        100, ge=1, description="Write the model (about 3 MB) to its changelog every this many batches and at "
+        "shutdown; between snapshots, the logged trainer steps rebuild it exactly."
     )
     transaction_timeout_ms: int = Field(
         10_000, ge=1_000, description="Kafka transaction.timeout.ms of the exactly-once producer: how long a "
