@@ -48,8 +48,10 @@ True
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import operator
 from collections.abc import Iterable
 from typing import Any
 
@@ -216,10 +218,7 @@ class BatchStatistics:
         items = list(stats)
         if not items:
             raise ValueError("nothing to merge")
-        out = items[0]
-        for item in items[1:]:
-            out = out + item
-        return out
+        return functools.reduce(operator.add, items)
 
     @property
     def total_weight(self) -> float:

@@ -31,6 +31,8 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import operator
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -137,10 +139,7 @@ class LabelStatistics:
         items = list(stats)
         if not items:
             raise ValueError("nothing to merge")
-        out = items[0]
-        for item in items[1:]:
-            out = out + item
-        return out
+        return functools.reduce(operator.add, items)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, LabelStatistics) and (self.n_clusters, self.counts) == (
