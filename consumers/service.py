@@ -52,7 +52,7 @@ import msgspec
 from consumers.changelog import read_from, read_latest, restore_assignments, restore_profiles
 from consumers.metrics_server import MetricsServer
 from consumers.settings import ServiceSettings
-from consumers.topics import TopicMismatchError, TopicSpec, ensure_topics
+from consumers.topics import COMPACT_TUNING, TopicMismatchError, TopicSpec, ensure_topics
 from stream.events import BehaviourEvent, ForgetEvent, decode_event
 from stream.metrics import ServiceMetrics
 from stream.model_state import (
@@ -302,7 +302,7 @@ class InterestService:
     def _topic_specs(self, admin) -> list[TopicSpec]:
         """The topics this member needs; co-partitioned ones get the events topic's partition count."""
         s = self.settings
-        compact = {"min.cleanable.dirty.ratio": "0.1", "segment.ms": "3600000"}
+        compact = COMPACT_TUNING
         events = TopicSpec("events", s.events_topic, s.events_partitions, "delete", s.replication_factor)
         ensure_topics(admin, [events], create=s.create_topics)
         described = admin.describe_topics([s.events_topic])

@@ -11,10 +11,9 @@ logged: the consumer group spreads over whatever partitions the topic has.
 
 Example:
 
->>> specs = topic_specs_from(events="ev", assignments="as", centroids="ce",
-...                          dead_letters="dl", items="it", partitions={"events": 6})
->>> [(s.name, s.cleanup_policy) for s in specs]
-[('ev', 'delete'), ('as', 'compact'), ('ce', 'compact'), ('dl', 'delete'), ('it', 'compact')]
+>>> spec = TopicSpec("assignments", "as", 6, "compact", configs=COMPACT_TUNING)
+>>> spec.create_request()["configs"]["cleanup.policy"], spec.create_request()["num_partitions"]
+('compact', 6)
 """
 
 from __future__ import annotations
@@ -23,6 +22,10 @@ import logging
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
+
+
+#: Compaction settings of the compacted topics: clean soon, roll segments hourly, so they stay bounded.
+COMPACT_TUNING = {"min.cleanable.dirty.ratio": "0.1", "segment.ms": "3600000"}
 
 
 class TopicMismatchError(RuntimeError):
@@ -47,29 +50,6 @@ class TopicSpec:
             "replication_factor": self.replication_factor,
             "configs": {"cleanup.policy": self.cleanup_policy, **self.configs},
         }
-
-
-def topic_specs_from(
-    *,
-    events: str,
-    assignments: str,
-    centroids: str,
-    dead_letters: str,
-    items: str,
-    partitions: dict[str, int] | None = None,
-    replication_factor: int = 1,
-) -> list[TopicSpec]:
-    """The five topics of the service, by role."""
-    parts = {"events": 6, "assignments": 6, "centroids": 1, "dead_letters": 3, "items": 3, **(partitions or {})}
-    compact_tuning = {"min.cleanable.dirty.ratio": "0.1", "segment.ms": "3600000"}
-    return [
-        TopicSpec("events", events, parts["events"], "delete", replication_factor),
-        TopicSpec("assignments", assignments, parts["assignments"], "compact", replication_factor,
-                  configs=compact_tuning),
-        TopicSpec("centroids", centroids, parts["centroids"], "compact", replication_factor, configs=compact_tuning),
-        TopicSpec("dead_letters", dead_letters, parts["dead_letters"], "delete", replication_factor),
-        TopicSpec("items", items, parts["items"], "compact", replication_factor, configs=compact_tuning),
-    ]
 
 
 def _cleanup_policies(admin, names: list[str]) -> dict[str, str]:
