@@ -338,7 +338,9 @@ def report_quality(result: QualityResult, report: Report, bench: str = "quality"
     cols += ["NMI prod/KMeans", "assigned"]
     river_note = (
         f"river KMeans (defaults) learned {result.river_points:,} of the {result.river_offered:,} "
-        "per-batch profile vectors (a uniform subsample per batch: learn_one on dicts is slow)."
+        "per-batch profile vectors (a uniform subsample per batch: learn_one on dicts is slow). Its NMI of 0 is "
+        "real: river draws initial centres at random (N(0, 1) per feature; also tried sigma = 1/sqrt(d)) and moves "
+        "only the nearest one, so the first centre to reach the data wins every later point."
     )
     result.notes.append(river_note)
     report.table(

@@ -108,3 +108,32 @@ def _patch_initialize(conn_cls, errors) -> None:
 
     initialize.__doc__ = original.__doc__
     conn_cls.initialize = initialize
+
+
+def finish_transaction_step(producer, step: str, timeout_s: float, *args) -> None:
+    """Run a transactional step of ``producer`` and wait for it at most ``timeout_s`` seconds.
+
+    kafka-python 3.0.x's ``send_offsets_to_transaction``, ``commit_transaction`` and
+    ``abort_transaction`` wait without a bound. When the broker goes away while the request is in
+    flight (a broker restart) the result may never complete, and a member waiting on it stalls for
+    good. ``step`` is ``"send_offsets"``, ``"commit"`` or ``"abort"``; on timeout this raises the
+    retriable ``KafkaTimeoutError``, so the caller can drop the producer and start afresh (its
+    successor's ``init_transactions`` fences and aborts whatever the old one left open).
+
+    Falls back to the public, unbounded method when the producer lacks the internals used here.
+    """
+    import kafka.errors as errors
+
+    manager = getattr(producer, "_transaction_manager", None)
+    sender = getattr(producer, "_sender", None)
+    begin = {"send_offsets": "send_offsets_to_transaction", "commit": "begin_commit",
+             "abort": "begin_abort"}[step]
+    if manager is None or sender is None or not hasattr(manager, begin):
+        public = {"send_offsets": "send_offsets_to_transaction", "commit": "commit_transaction",
+                  "abort": "abort_transaction"}[step]
+        getattr(producer, public)(*args)
+        return
+    result = getattr(manager, begin)(*args)
+    sender.wakeup()
+    if not result.wait(timeout_ms=timeout_s * 1000.0):
+        raise errors.KafkaTimeoutError(f"transaction {step} did not complete within {timeout_s:.0f} s")

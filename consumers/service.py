@@ -50,6 +50,7 @@ from typing import Any
 import msgspec
 
 from consumers.changelog import read_from, read_latest, restore_assignments, restore_profiles
+from consumers.kafka_compat import finish_transaction_step
 from consumers.metrics_server import MetricsServer
 from consumers.settings import ServiceSettings
 from consumers.topics import COMPACT_TUNING, TopicMismatchError, TopicSpec, ensure_topics
@@ -332,6 +333,11 @@ class InterestService:
                     "the events topic (they are co-partitioned with it); add partitions or use new topics"
                 )
 
+    @property
+    def _transaction_wait_s(self) -> float:
+        """Longest wait for a transactional step before the producer is dropped and the batch redone."""
+        return max(15.0, 2 * self.settings.transaction_timeout_ms / 1000.0)
+
     def _make_producer(self):
         from kafka import KafkaProducer
 
@@ -546,7 +552,7 @@ class InterestService:
         old = self.producer
         if self.exactly_once and old is not None:
             try:
-                old.abort_transaction()
+                finish_transaction_step(old, "abort", self._transaction_wait_s)
             except Exception as exc:
                 log.info("abort failed (%s); the new producer fences the transaction instead", exc)
         if old is not None:
@@ -843,9 +849,10 @@ class InterestService:
             producer = self.producer
             producer.begin_transaction()
             futures = self._send(sends)
+            bound_s = self._transaction_wait_s
             if offsets:
-                producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
-            producer.commit_transaction()
+                finish_transaction_step(producer, "send_offsets", bound_s, offsets, self.consumer.group_metadata())
+            finish_transaction_step(producer, "commit", bound_s)
             return futures
         futures = self._retrying("produce", lambda: self._send_and_flush(sends)) if sends else []
         if futures is None:

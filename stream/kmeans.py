@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import operator
@@ -59,7 +60,7 @@ import msgspec
 import numpy as np
 from river import base
 
-__all__ = ["ApplyResult", "BatchStatistics", "MiniBatchKMeans"]
+__all__ = ["ApplyResult", "BatchStatistics", "MiniBatchKMeans", "point_ids"]
 
 _STATS_MAGIC = b"ISBS"
 _MODEL_MAGIC = b"ISKM"
@@ -89,6 +90,11 @@ class _StatsWire(msgspec.Struct, array_like=True):
     seed_capacity: int
     seeds: bytes
     seed_keys: bytes
+    # Point ids (absent in statistics written before they existed).
+    seed_ids: bytes = b""
+    n_refresh: int = 0
+    refresh: bytes = b""
+    refresh_ids: bytes = b""
 
 
 class _ModelWire(msgspec.Struct):
@@ -113,6 +119,7 @@ class _ModelWire(msgspec.Struct):
     refine_interval: int = 0
     n_refines: int = 0
     n_refines_adopted: int = 0
+    reservoir_ids: bytes = b""
 
 
 def _f64(buf: bytes, shape: tuple[int, ...]) -> np.ndarray:
@@ -127,17 +134,23 @@ def _le(a: np.ndarray, dtype: str) -> bytes:
     return np.ascontiguousarray(a, dtype=dtype).tobytes()
 
 
-def _top_keys(points: np.ndarray, keys: np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndarray]:
-    """Keep the ``capacity`` rows with the largest keys (weighted reservoir, A-Res)."""
+def _u64(buf: bytes, n: int) -> np.ndarray:
+    return np.frombuffer(buf, dtype="<u8").astype(np.uint64) if buf else np.zeros(n, dtype=np.uint64)
+
+
+def _top_keys(
+    points: np.ndarray, keys: np.ndarray, capacity: int, ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keep the ``capacity`` rows with the largest keys (weighted reservoir, A-Res), with their ids."""
     usable = keys > -np.inf
     if not usable.all():
-        points, keys = points[usable], keys[usable]
+        points, keys, ids = points[usable], keys[usable], ids[usable]
     if keys.shape[0] <= capacity:
-        return points, keys
+        return points, keys, ids
     if capacity <= 0:
-        return points[:0], keys[:0]
+        return points[:0], keys[:0], ids[:0]
     keep = np.sort(np.argpartition(-keys, capacity - 1)[:capacity])
-    return points[keep], keys[keep]
+    return points[keep], keys[keep], ids[keep]
 
 
 def _sample_keys(rng: np.random.Generator, weights: np.ndarray) -> np.ndarray:
@@ -147,6 +160,17 @@ def _sample_keys(rng: np.random.Generator, weights: np.ndarray) -> np.ndarray:
         keys = np.log(u) / weights
     keys[~(weights > 0)] = -np.inf
     return keys
+
+
+def point_ids(names: Iterable[str]) -> np.ndarray:
+    """Stable non-zero uint64 ids of named points (e.g. user ids), for :meth:`MiniBatchKMeans.summarise`.
+
+    >>> ids = point_ids(["alice", "bob", "alice"])
+    >>> ids.dtype, bool(ids[0] == ids[2]), bool(ids[0] != ids[1]), bool((ids != 0).all())
+    (dtype('uint64'), True, True, True)
+    """
+    digests = b"".join(hashlib.blake2b(n.encode("utf-8", "surrogatepass"), digest_size=8).digest() for n in names)
+    return np.frombuffer(digests, dtype="<u8").astype(np.uint64) | np.uint64(1)
 
 
 # ---------------------------------------------------------------------------- statistics
@@ -163,10 +187,15 @@ class BatchStatistics:
         ``(k,)`` float64 total weight assigned to each cluster (``None`` likewise).
     n_points
         Number of points summarised.
-    seeds, seed_keys
-        A bounded weighted reservoir sample of the batch's (normalised) points and
-        their A-Res keys, used to initialise and reseed the model. Merging keeps the
-        ``seed_capacity`` largest keys, which is again a reservoir of the union.
+    seeds, seed_keys, seed_ids
+        A bounded weighted reservoir sample of the batch's (normalised) points, their
+        A-Res keys and their point ids (0: anonymous), used to initialise, reseed and
+        refine the model. Merging keeps the ``seed_capacity`` largest keys, which is
+        again a reservoir of the union.
+    refresh, refresh_ids
+        New positions of points the model's reservoir already holds (same id): a user's
+        profile moves with each event, and the reservoir keeps the current one, so
+        refinements cluster current profiles, not stale copies.
     model_version
         The model version the points were assigned with (the largest, after a merge).
     """
@@ -180,6 +209,17 @@ class BatchStatistics:
     seed_keys: np.ndarray
     seed_capacity: int
     model_version: int = 0
+    seed_ids: np.ndarray | None = None
+    refresh: np.ndarray | None = None
+    refresh_ids: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.seed_ids is None:
+            self.seed_ids = np.zeros(self.seeds.shape[0], dtype=np.uint64)
+        if self.refresh is None:
+            self.refresh = np.zeros((0, self.dim), dtype=np.float32)
+        if self.refresh_ids is None:
+            self.refresh_ids = np.zeros(0, dtype=np.uint64)
 
     def __add__(self, other: BatchStatistics) -> BatchStatistics:
         if not isinstance(other, BatchStatistics):
@@ -195,10 +235,11 @@ class BatchStatistics:
         else:
             sums, weights = self.sums + other.sums, self.weights + other.weights
         capacity = max(self.seed_capacity, other.seed_capacity)
-        seeds, keys = _top_keys(
+        seeds, keys, ids = _top_keys(
             np.concatenate([self.seeds, other.seeds]),
             np.concatenate([self.seed_keys, other.seed_keys]),
             capacity,
+            np.concatenate([self.seed_ids, other.seed_ids]),
         )
         return BatchStatistics(
             n_clusters=self.n_clusters,
@@ -210,6 +251,9 @@ class BatchStatistics:
             seed_keys=keys,
             seed_capacity=capacity,
             model_version=max(self.model_version, other.model_version),
+            seed_ids=ids,
+            refresh=np.concatenate([self.refresh, other.refresh]),  # applied in order: the later wins
+            refresh_ids=np.concatenate([self.refresh_ids, other.refresh_ids]),
         )
 
     @classmethod
@@ -237,6 +281,10 @@ class BatchStatistics:
             seed_capacity=self.seed_capacity,
             seeds=_le(self.seeds, "<f4"),
             seed_keys=_le(self.seed_keys, "<f8"),
+            seed_ids=_le(self.seed_ids, "<u8"),
+            n_refresh=int(self.refresh.shape[0]),
+            refresh=_le(self.refresh, "<f4"),
+            refresh_ids=_le(self.refresh_ids, "<u8"),
         )
         return _STATS_MAGIC + bytes([_FORMAT_VERSION]) + msgspec.msgpack.encode(wire)
 
@@ -258,6 +306,9 @@ class BatchStatistics:
             seed_keys=_f64(w.seed_keys, (w.n_seeds,)),
             seed_capacity=w.seed_capacity,
             model_version=w.model_version,
+            seed_ids=_u64(w.seed_ids, w.n_seeds),
+            refresh=_f32(w.refresh, (w.n_refresh, d)),
+            refresh_ids=_u64(w.refresh_ids, w.n_refresh),
         )
 
 
@@ -391,6 +442,7 @@ class MiniBatchKMeans(base.Clusterer):
         self._reservoir: np.ndarray | None = None
         self._reservoir_keys = np.zeros(0, dtype=np.float64)
         self._reservoir_age = np.zeros(0, dtype=np.float64)
+        self._reservoir_ids = np.zeros(0, dtype=np.uint64)  # 0: anonymous point
         self._n_applied = 0
         # Refinement schedule: batches applied since the last refinement, the current interval
         # (0: refine_every), and how many refinements ran / were adopted.
@@ -526,7 +578,11 @@ class MiniBatchKMeans(base.Clusterer):
 
     # ------------------------------------------------------------------ split update
     def summarise(
-        self, X: Any, sample_weight: np.ndarray | None = None, similarities: np.ndarray | None = None
+        self,
+        X: Any,
+        sample_weight: np.ndarray | None = None,
+        similarities: np.ndarray | None = None,
+        point_ids: np.ndarray | None = None,
     ) -> BatchStatistics:
         """Assign a batch to the current centroids and return its additive statistics.
 
@@ -534,6 +590,9 @@ class MiniBatchKMeans(base.Clusterer):
         ``spherical=True`` zero rows are ignored. ``similarities`` (``(n, k)``, as
         returned by :meth:`similarities` for the same ``X``) may be passed to skip the
         assignment matmul when the caller already has it (spherical models only).
+        ``point_ids`` (``(n,)`` non-zero uint64, e.g. hashed user ids) say which rows are
+        new positions of the same entity: the reservoir then holds one, current, row per
+        id (rows of ids it already holds travel as ``refresh``).
         """
         arr = self._matrix(X)
         n = arr.shape[0]
@@ -544,15 +603,24 @@ class MiniBatchKMeans(base.Clusterer):
         )
         if w.shape != (n,):
             raise ValueError(f"expected {n} sample weights, got shape {w.shape}")
+        ids = np.zeros(n, dtype=np.uint64) if point_ids is None else np.asarray(point_ids, dtype=np.uint64)
+        if ids.shape != (n,):
+            raise ValueError(f"expected {n} point ids, got shape {ids.shape}")
         if self.spherical:
             arr, valid = self._normalise(arr)
             if not valid.all():
-                arr, w = arr[valid], w[valid]
+                arr, w, ids = arr[valid], w[valid], ids[valid]
                 if similarities is not None:
                     similarities = np.asarray(similarities)[valid]
         k, d = self.n_clusters, arr.shape[1]
         capacity = self.seeds_per_batch if self.is_initialised else max(self.seeds_per_batch, self._init_size)
-        seeds, keys = _top_keys(arr, _sample_keys(self._sample_rng, w), capacity)
+        seeds, keys, seed_ids = _top_keys(arr, _sample_keys(self._sample_rng, w), capacity, ids)
+        held = self._reservoir_ids[self._reservoir_ids != 0]
+        if point_ids is not None and held.shape[0]:
+            again = np.isin(ids, held) & ~np.isin(ids, seed_ids)
+            refresh, refresh_ids = arr[again].astype(np.float32), ids[again]
+        else:
+            refresh, refresh_ids = None, None
         stats = BatchStatistics(
             n_clusters=k,
             dim=d,
@@ -563,6 +631,9 @@ class MiniBatchKMeans(base.Clusterer):
             seed_keys=keys,
             seed_capacity=capacity,
             model_version=self.version,
+            seed_ids=seed_ids.copy(),
+            refresh=refresh,
+            refresh_ids=refresh_ids,
         )
         if not self.is_initialised:
             return stats
@@ -606,7 +677,7 @@ class MiniBatchKMeans(base.Clusterer):
         a = self._decay if self.time_unit == "batches" else self._decay**stats.n_points
         assert self._centroids is not None
         old = self._centroids.copy()
-        self._reservoir_add(stats.seeds, stats.seed_keys, a)
+        self._reservoir_add(stats, a)
         self._reseed_age *= a
         changed = False
         decayed = a * self._counts
@@ -653,7 +724,7 @@ class MiniBatchKMeans(base.Clusterer):
     # ------------------------------------------------------------------ init & reseeding
     def _buffer_and_maybe_init(self, stats: BatchStatistics) -> ApplyResult:
         k = self.n_clusters
-        self._reservoir_add(stats.seeds, stats.seed_keys, 1.0)
+        self._reservoir_add(stats, 1.0)
         points = stats.seeds if self._buffer is None else np.concatenate([self._buffer, stats.seeds])
         self._buffer = np.unique(points, axis=0) if points.shape[0] else points
         # Bound the buffer: it only needs init_size distinct points.
@@ -703,13 +774,16 @@ class MiniBatchKMeans(base.Clusterer):
             d2 = np.minimum(d2, self._sq_dist_to(pts, pts[[idx]]))
         return pts[chosen].copy()
 
-    def _reservoir_add(self, seeds: np.ndarray, keys: np.ndarray, decay: float) -> None:
-        """Age the reservoir by ``decay``, drop points older than a few half-lives, add ``seeds``.
+    def _reservoir_add(self, stats: BatchStatistics, decay: float) -> None:
+        """Age the reservoir by ``decay``, drop points older than a few half-lives, move the
+        points ``stats`` refreshes, add its seeds.
 
         Ageing turns a key ``log(u)/w`` into ``log(u)/(w*decay)``, so a full reservoir
-        prefers recent points (weighted A-Res with decayed weights). Entering points
-        overwrite the rows of the evicted ones: O(len(seeds) * d), not O(reservoir_size * d).
+        prefers recent points (weighted A-Res with decayed weights). A seed or refresh whose
+        id the reservoir holds replaces that row (and counts as recent again); other seeds
+        overwrite the rows of evicted ones: O(len(seeds) * d), not O(reservoir_size * d).
         """
+        seeds, keys, ids = stats.seeds, stats.seed_keys, stats.seed_ids
         d = seeds.shape[1]
         if self._reservoir is None:
             self._reservoir = np.zeros((0, d), dtype=np.float32)
@@ -721,6 +795,22 @@ class MiniBatchKMeans(base.Clusterer):
                 self._reservoir = self._reservoir[fresh]
                 self._reservoir_keys = self._reservoir_keys[fresh]
                 self._reservoir_age = self._reservoir_age[fresh]
+                self._reservoir_ids = self._reservoir_ids[fresh]
+        if self._reservoir_ids.any():
+            row_of = {int(i): r for r, i in enumerate(self._reservoir_ids.tolist()) if i}
+            for point, i in zip(stats.refresh, stats.refresh_ids.tolist(), strict=True):
+                r = row_of.get(i)
+                if r is not None:
+                    self._reservoir[r] = point
+                    self._reservoir_age[r] = 1.0
+            again = np.fromiter((row_of.get(i, -1) for i in ids.tolist()), dtype=np.int64, count=ids.shape[0])
+            if (again >= 0).any():
+                hit = again >= 0
+                rows = again[hit]
+                self._reservoir[rows] = seeds[hit]
+                self._reservoir_keys[rows] = np.maximum(self._reservoir_keys[rows], keys[hit])
+                self._reservoir_age[rows] = 1.0
+                seeds, keys, ids = seeds[~hit], keys[~hit], ids[~hit]
         n_old, n_new, cap = self._reservoir_keys.shape[0], keys.shape[0], self.reservoir_size
         if n_new == 0:
             return
@@ -728,6 +818,7 @@ class MiniBatchKMeans(base.Clusterer):
             self._reservoir = np.concatenate([self._reservoir, seeds.astype(np.float32)])
             self._reservoir_keys = np.concatenate([self._reservoir_keys, keys])
             self._reservoir_age = np.concatenate([self._reservoir_age, np.ones(n_new)])
+            self._reservoir_ids = np.concatenate([self._reservoir_ids, ids])
             return
         all_keys = np.concatenate([self._reservoir_keys, keys])
         if n_old < cap:  # grow to full capacity first; the tail is filled below
@@ -735,6 +826,7 @@ class MiniBatchKMeans(base.Clusterer):
             self._reservoir = np.concatenate([self._reservoir, np.zeros((pad, d), np.float32)])
             self._reservoir_keys = np.concatenate([self._reservoir_keys, np.full(pad, -np.inf)])
             self._reservoir_age = np.concatenate([self._reservoir_age, np.zeros(pad)])
+            self._reservoir_ids = np.concatenate([self._reservoir_ids, np.zeros(pad, dtype=np.uint64)])
             free = np.arange(n_old, cap)
         else:
             free = np.zeros(0, dtype=np.int64)
@@ -746,6 +838,7 @@ class MiniBatchKMeans(base.Clusterer):
         self._reservoir[rows] = seeds[entering]
         self._reservoir_keys[rows] = keys[entering]
         self._reservoir_age[rows] = 1.0
+        self._reservoir_ids[rows] = ids[entering]
 
     def _duplicates(self, c: np.ndarray, candidates: np.ndarray | None) -> np.ndarray:
         """Mask of clusters among ``candidates`` (all if ``None``) whose centre duplicates another's.
@@ -997,6 +1090,7 @@ class MiniBatchKMeans(base.Clusterer):
             refine_interval=self._refine_interval,
             n_refines=self.n_refines,
             n_refines_adopted=self.n_refines_adopted,
+            reservoir_ids=_le(self._reservoir_ids, "<u8"),
         )
         assert k == self._counts.shape[0]
         return _MODEL_MAGIC + bytes([_FORMAT_VERSION]) + msgspec.msgpack.encode(wire)
@@ -1024,6 +1118,7 @@ class MiniBatchKMeans(base.Clusterer):
         model._reservoir = _f32(w.reservoir, (w.n_reservoir, d)) if w.dim is not None else None
         model._reservoir_keys = _f64(w.reservoir_keys, (w.n_reservoir,))
         model._reservoir_age = _f64(w.reservoir_age, (w.n_reservoir,))
+        model._reservoir_ids = _u64(w.reservoir_ids, w.n_reservoir)
         model._rng.bit_generator.state = json.loads(w.rng_state)
         model._sample_rng.bit_generator.state = json.loads(w.sample_rng_state)
         model._refine_wait = w.refine_wait

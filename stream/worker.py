@@ -61,7 +61,7 @@ import numpy as np
 from stream.assignments import AssignmentTracker
 from stream.embedder import EventEmbedder
 from stream.events import BehaviourEvent, ForgetEvent, Rejection, decode_event
-from stream.kmeans import BatchStatistics, MiniBatchKMeans
+from stream.kmeans import BatchStatistics, MiniBatchKMeans, point_ids
 from stream.profiles import ProfileStore
 from stream.records import AssignmentChange
 from stream.settings import ClusteringSettings
@@ -257,7 +257,7 @@ class WorkerStage:
         label_stats = None
         if user_ids:
             sims = model.similarities(directions) if model.is_initialised else None
-            stats = model.summarise(directions, similarities=sims)
+            stats = model.summarise(directions, similarities=sims, point_ids=point_ids(user_ids))
             if self.labeler is not None and model.is_initialised:
                 clusters = model.predict_many(emb.vectors)
                 label_stats = self.labeler.summarise(clusters, emb.texts, emb.keys)

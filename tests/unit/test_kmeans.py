@@ -436,3 +436,69 @@ def test_replaying_statistics_is_bit_exact_across_a_state_round_trip():
     np.testing.assert_array_equal(a._centroids, b._centroids)
     np.testing.assert_array_equal(a._counts, b._counts)
     assert a.to_bytes() == b.to_bytes()
+
+
+def test_reservoir_keeps_one_current_row_per_point_id():
+    """Named points (users) that move: the reservoir holds each id once, at its latest position."""
+    from stream.kmeans import point_ids
+
+    rng = np.random.default_rng(5)
+    km = MiniBatchKMeans(n_clusters=2, seed=1, reservoir_size=64, seeds_per_batch=64, refine_every=0)
+    names = [f"user-{i}" for i in range(20)]
+    ids = point_ids(names)
+    X, _ = _blobs(rng, _axes(2), 10)
+    km.learn_many(X)  # initialise from anonymous points (id 0)
+    for step in range(5):
+        Y = X + rng.normal(0.0, 0.01, size=X.shape).astype(np.float32) * (step + 1)
+        stats = km.summarise(Y, point_ids=ids)
+        km.apply(stats)
+        last = Y / np.linalg.norm(Y, axis=1, keepdims=True)
+    held = km._reservoir_ids
+    named = held[held != 0]
+    assert named.shape[0] == np.unique(named).shape[0] == len(names), "each id held once"
+    for i, name_id in enumerate(ids):
+        row = int(np.flatnonzero(held == name_id)[0])
+        np.testing.assert_allclose(km._reservoir[row], last[i], atol=1e-6)
+
+
+def test_point_ids_travel_through_merge_and_bytes():
+    from stream.kmeans import point_ids
+
+    rng = np.random.default_rng(6)
+    km = MiniBatchKMeans(n_clusters=2, seed=1, reservoir_size=64, seeds_per_batch=4, refine_every=0)
+    X, _ = _blobs(rng, _axes(2), 20)
+    ids = point_ids([f"u{i}" for i in range(40)])
+    km.apply(km.summarise(X, point_ids=ids))
+    a = km.summarise(X[:20], point_ids=ids[:20])
+    b = km.summarise(X[20:], point_ids=ids[20:])
+    held = set(km._reservoir_ids.tolist()) - {0}
+    assert held, "the first batch's sample is in the reservoir"
+    expected = (set(ids[:20].tolist()) & held) - set(a.seed_ids.tolist())
+    assert set(a.refresh_ids.tolist()) == expected, "rows the reservoir holds come back as refreshes"
+    merged = a + b
+    back = BatchStatistics.from_bytes(merged.to_bytes())
+    for name in ("seeds", "seed_keys", "seed_ids", "refresh", "refresh_ids"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(merged, name))
+    twin = MiniBatchKMeans.from_bytes(km.to_bytes())
+    km.apply(merged)
+    twin.apply(back)
+    np.testing.assert_array_equal(km._reservoir_ids, twin._reservoir_ids)
+    np.testing.assert_array_equal(km._reservoir, twin._reservoir)
+    assert km.to_bytes() == twin.to_bytes()
+
+
+def test_statistics_without_point_ids_decode_as_anonymous():
+    """Statistics written before point ids existed (no trailing fields) still decode."""
+    import msgspec
+
+    from stream import kmeans as mod
+
+    rng = np.random.default_rng(7)
+    km = MiniBatchKMeans(n_clusters=2, seed=1, refine_every=0)
+    X, _ = _blobs(rng, _axes(2), 10)
+    stats = km.summarise(X)
+    wire = msgspec.msgpack.decode(stats.to_bytes()[5:])
+    old = mod._STATS_MAGIC + bytes([mod._FORMAT_VERSION]) + msgspec.msgpack.encode(wire[:10])
+    back = BatchStatistics.from_bytes(old)
+    assert back.seed_ids.shape == (back.seeds.shape[0],) and not back.seed_ids.any()
+    assert back.refresh.shape == (0, DIM) and back.refresh_ids.shape == (0,)
