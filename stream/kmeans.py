@@ -24,6 +24,9 @@ Until ``init_size`` distinct points have been seen the model only buffers them; 
 then runs k-means++ on the buffer. Clusters whose decayed weight falls below
 ``reseed_fraction`` of the average (or whose centroid duplicates another's) are
 reseeded, k-means++ style, from a reservoir of recent points, keeping their ids.
+Points may carry ids (:func:`point_ids`, e.g. of users): the reservoir then keeps one
+row per id at its latest position, so the periodic refinement clusters users' current
+profiles rather than stale copies of them.
 
 Example: two blobs of points, one near the x axis and one near the y axis.
 

@@ -55,8 +55,8 @@ class ClusteringSettings(BaseModel):
     refine_every: int = Field(
         10,
         ge=0,
-        description="Every this many model updates, re-cluster the model's reservoir of recent profiles "
-        "(k-means++ restarts) and adopt the result if it fits better; ids stay stable (0 disables).",
+        description="Every this many model updates, re-cluster the model's reservoir (a sample of users, "
+        "each at their current profile) with k-means++ restarts and adopt the result if it fits better; ids stay stable (0 disables).",
     )
     refine_restarts: int = Field(
         3, ge=0, le=100, description="Fresh k-means++ seedings tried by each refinement (besides the current centroids)."
