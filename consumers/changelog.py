@@ -157,7 +157,9 @@ def restore_assignments(options: Mapping[str, Any], topic: str, partitions: list
             continue
         try:
             record = msgspec.json.decode(value)
-            tracker.restore(key.decode(), int(record["cluster"]), float(record["score"]))
+            previous = record.get("previous_cluster")
+            tracker.restore(key.decode(), int(record["cluster"]), float(record["score"]),
+                            None if previous is None else int(previous))
             restored += 1
         except (msgspec.DecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError):
             continue  # an unreadable record: that user is re-assessed on its next event

@@ -52,6 +52,9 @@ class _TrackerWire(msgspec.Struct):
     pending_users: list[str] = []
     pending_clusters: list[int] = []
     pending_wins: list[int] = []
+    # The cluster each user left with its last change (absent in older states).
+    left_users: list[str] = []
+    left_clusters: list[int] = []
 
 
 _DIGITS = 6
@@ -113,10 +116,21 @@ class AssignmentTracker:
         A challenger cluster must win (by the margin) this many assessments in a row
         before the user moves; ``1`` moves at the first win. A first assignment is never
         delayed.
+    return_margin
+        Extra margin for a move *back* to the cluster the user left with their last change:
+        a profile sitting on the border of two clusters otherwise flaps between them
+        (A → B → A → B), while a user whose interest really moved goes on to the new
+        cluster and is not held back. The cluster left is the ``previous_cluster`` of the
+        user's last change record, so it survives a restore from the assignments topic.
     """
 
     def __init__(
-        self, hysteresis: float = 0.02, top_k: int = 3, maturity_margin: float = 0.0, confirmations: int = 1
+        self,
+        hysteresis: float = 0.005,
+        top_k: int = 3,
+        maturity_margin: float = 0.0,
+        confirmations: int = 1,
+        return_margin: float = 0.0,
     ) -> None:
         if confirmations < 1:
             raise ValueError("confirmations must be >= 1")
@@ -124,6 +138,9 @@ class AssignmentTracker:
         self.top_k = int(top_k)
         self.maturity_margin = float(maturity_margin)
         self.confirmations = int(confirmations)
+        self.return_margin = float(return_margin)
+        # user -> the cluster they left with their last change (for return_margin)
+        self._left: dict[str, int] = {}
         # user -> (challenger cluster, consecutive wins so far), while below `confirmations`
         self._pending: dict[str, tuple[int, int]] = {}
         self._last: dict[str, tuple[int, float]] = {}
@@ -153,21 +170,28 @@ class AssignmentTracker:
                 sizes[cluster] = len(members.users)
         return sizes
 
-    def _set(self, user_id: str, cluster: int, score: float) -> None:
+    def _set(self, user_id: str, cluster: int, score: float, left: int | None = None) -> None:
         self._pending.pop(user_id, None)
         previous = self._last.get(user_id)
         if previous is not None and previous[0] != cluster:
             self._members[previous[0]].remove(user_id)
+            left = previous[0]
+        if left is not None and left != cluster:
+            self._left[user_id] = left
         self._last[user_id] = (cluster, score)
         self._members.setdefault(cluster, _Members()).add(user_id)
 
-    def restore(self, user_id: str, cluster: int, score: float) -> None:
-        """Set a user's last emission without emitting (rebuilding from the assignments topic)."""
-        self._set(user_id, int(cluster), float(score))
+    def restore(self, user_id: str, cluster: int, score: float, previous_cluster: int | None = None) -> None:
+        """Set a user's last emission without emitting (rebuilding from the assignments topic).
+
+        ``previous_cluster`` is the record's ``previous_cluster`` (the cluster the user left).
+        """
+        self._set(user_id, int(cluster), float(score), None if previous_cluster is None else int(previous_cluster))
 
     def forget(self, user_id: str) -> bool:
         """Drop a user (the caller publishes the tombstone). Returns whether it was known."""
         self._pending.pop(user_id, None)
+        self._left.pop(user_id, None)
         previous = self._last.pop(user_id, None)
         if previous is None:
             return False
@@ -186,6 +210,7 @@ class AssignmentTracker:
                 "top_k": self.top_k,
                 "maturity_margin": self.maturity_margin,
                 "confirmations": self.confirmations,
+                "return_margin": self.return_margin,
             },
             users=list(self._last),
             clusters=[c for c, _ in self._last.values()],
@@ -195,6 +220,8 @@ class AssignmentTracker:
             pending_users=list(self._pending),
             pending_clusters=[c for c, _ in self._pending.values()],
             pending_wins=[n for _, n in self._pending.values()],
+            left_users=list(self._left),
+            left_clusters=list(self._left.values()),
         )
         return _MAGIC + bytes([_FORMAT_VERSION]) + msgspec.msgpack.encode(wire)
 
@@ -215,6 +242,7 @@ class AssignmentTracker:
             for u, c, n in zip(wire.pending_users, wire.pending_clusters, wire.pending_wins, strict=True)
         }
         tracker._last = {u: (c, s) for u, c, s in zip(wire.users, wire.clusters, wire.scores, strict=True)}
+        tracker._left = dict(zip(wire.left_users, wire.left_clusters, strict=True))
         for cluster, users, cursor in wire.members:
             members = _Members()
             for user in users:
@@ -279,6 +307,7 @@ class AssignmentTracker:
             margins = np.full(m, self.hysteresis)
         pending = self._pending
         confirmations = self.confirmations
+        return_margin, left = self.return_margin, self._left
 
         changes: list[AssignmentChange] = []
         for i in range(m):
@@ -294,7 +323,10 @@ class AssignmentTracker:
                         pending.pop(user, None)
                     continue
                 prev_sim = float(row[prev[0]]) if 0 <= prev[0] < k else -np.inf
-                if float(row[b]) - prev_sim <= margins[i]:
+                margin = margins[i]
+                if return_margin and left.get(user) == b:
+                    margin += return_margin
+                if float(row[b]) - prev_sim <= margin:
                     if pending:
                         pending.pop(user, None)
                     continue

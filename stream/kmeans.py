@@ -396,9 +396,9 @@ class MiniBatchKMeans(base.Clusterer):
         seed: int | None = 42,
         reservoir_size: int = 2048,
         seeds_per_batch: int = 64,
-        refine_every: int = 10,
-        refine_restarts: int = 3,
-        refine_iterations: int = 10,
+        refine_every: int = 5,
+        refine_restarts: int = 5,
+        refine_iterations: int = 20,
         refine_min_gain: float = 0.002,
         refine_backoff: int = 8,
         warmup: int = 0,
@@ -924,12 +924,16 @@ class MiniBatchKMeans(base.Clusterer):
         if self.refine_every <= 0:
             return False, []
         self._refine_wait += 1
-        interval = self._refine_interval or self.refine_every
+        # A young model refines after 1, 2, 4, ... batches until the interval reaches refine_every:
+        # its first centroids come from a handful of points, and refining a small reservoir is cheap.
+        interval = self._refine_interval or 1
         if self._refine_wait < interval:
             return False, []
         self._refine_wait = 0
         adopted, replaced = self.refine()
-        if self._restart_won:
+        if interval < self.refine_every:
+            self._refine_interval = min(2 * interval, self.refine_every)
+        elif self._restart_won:
             self._refine_interval = self.refine_every
         else:
             self._refine_interval = min(2 * interval, self.refine_backoff * self.refine_every)
@@ -1019,20 +1023,27 @@ class MiniBatchKMeans(base.Clusterer):
         return float(np.dot(w.astype(np.float64), self._pair_d2(points, centres).min(axis=1).astype(np.float64)))
 
     def _greedy_kmeans_pp(self, points: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
-        """Greedy k-means++ seeding (``2 + log k`` candidates per centre, as scikit-learn) on weighted points."""
+        """Greedy k-means++ seeding (``2 + log k`` candidates per centre, as scikit-learn) on weighted points.
+
+        Candidates are drawn by inverse CDF (``searchsorted`` on the cumulative mass), which
+        is what ``Generator.choice(p=...)`` does minus its per-call validation of ``p``.
+        """
         n = points.shape[0]
         w64 = w.astype(np.float64)
         trials = 2 + int(math.log(k))
-        first = int(self._rng.choice(n, p=w64 / w64.sum()))
+
+        def draw(mass: np.ndarray, size: int) -> np.ndarray:
+            cdf = np.cumsum(mass)
+            total = float(cdf[-1])
+            if not total > 0:
+                return self._rng.integers(n, size=size)
+            return np.minimum(np.searchsorted(cdf, self._rng.random(size) * total, side="right"), n - 1)
+
+        first = int(draw(w64, 1)[0])
         chosen = [first]
         d2 = self._pair_d2(points, points[first : first + 1])[:, 0].astype(np.float64)
         for _ in range(1, k):
-            mass = w64 * d2
-            total = float(mass.sum())
-            if total > 0:
-                idx = self._rng.choice(n, size=trials, p=mass / total)
-            else:
-                idx = self._rng.integers(n, size=trials)
+            idx = draw(w64 * d2, trials)
             cand = np.minimum(d2[None, :], self._pair_d2(points, points[idx]).T.astype(np.float64))
             b = int(np.argmin(cand @ w64))
             chosen.append(int(idx[b]))
@@ -1043,19 +1054,37 @@ class MiniBatchKMeans(base.Clusterer):
         """Weighted Lloyd iterations from ``centres``; returns the new centres.
 
         A cluster left empty takes the point farthest from its centre (deterministic).
+        Cluster sums are one ``(k, n) @ (n, d)`` float32 product per iteration (a weighted
+        one-hot matrix), which BLAS does far faster than sorting and segment sums.
         """
         c = centres.astype(np.float32).copy()
+        n, k = points.shape[0], c.shape[0]
+        w32 = w.astype(np.float32)
+        cols = np.arange(n)
+        onehot = np.zeros((k, n), dtype=np.float32)
         labels = None
         for _ in range(self.refine_iterations):
-            d2 = self._pair_d2(points, c)
-            new_labels = np.argmin(d2, axis=1)
+            if self.spherical:
+                sims = points @ c.T
+                new_labels = np.argmax(sims, axis=1)
+            else:
+                d2 = self._pair_d2(points, c)
+                new_labels = np.argmin(d2, axis=1)
             if labels is not None and np.array_equal(new_labels, labels):
                 break
+            if labels is not None:
+                onehot[labels, cols] = 0.0
             labels = new_labels
-            sums, weights = self._cluster_sums(points, w.astype(np.float64), labels)
+            onehot[labels, cols] = w32
+            sums = onehot @ points
+            weights = onehot.sum(axis=1)
             empty = np.flatnonzero(weights <= 0)
             if empty.shape[0]:
-                far = np.argsort(-d2[np.arange(points.shape[0]), labels], kind="stable")[: empty.shape[0]]
+                if self.spherical:
+                    dist = 1.0 - sims[cols, labels]
+                else:
+                    dist = d2[cols, labels]
+                far = np.argsort(-dist, kind="stable")[: empty.shape[0]]
                 sums[empty[: far.shape[0]]] = points[far]
                 weights[empty[: far.shape[0]]] = 1.0
             has = weights > 0

@@ -20,7 +20,8 @@ Example:
 ...             return [1.0, i] if t.startswith("ball") else [i, 1.0]
 ...         return np.array([vec(t) for t in texts], np.float32)
 >>> from stream.settings import ClusteringSettings
->>> pipe = Pipeline.from_settings(ClusteringSettings(n_clusters=2), encoder=AxisEncoder())
+>>> settings = ClusteringSettings(n_clusters=2, warmup_batches=0)  # assign from the first batch
+>>> pipe = Pipeline.from_settings(settings, encoder=AxisEncoder())
 >>> batch = [SourceRecord(f'{{"user_id": "u{i}", "ts": {i}, "text": "{t} {i}"}}'.encode(), None, None)
 ...          for i, t in enumerate(["ball", "stocks"] * 4)]
 >>> result = pipe.process_batch(batch, now_ms=100)
@@ -111,7 +112,11 @@ class Pipeline:
             warmup=s.warmup_batches,
         )
         self.tracker = AssignmentTracker(
-            hysteresis=s.hysteresis, top_k=s.top_k, maturity_margin=s.maturity_margin, confirmations=s.confirmations
+            hysteresis=s.hysteresis,
+            top_k=s.top_k,
+            maturity_margin=s.maturity_margin,
+            confirmations=s.confirmations,
+            return_margin=s.return_margin,
         )
         self.labeler = ClusterLabeler(
             s.n_clusters, half_life=s.label_half_life, max_vocab=s.label_max_vocab, top_n=s.label_top_n

@@ -53,16 +53,16 @@ class ClusteringSettings(BaseModel):
         "batches", description="What the k-means half-life counts: micro-batches or points (user updates)."
     )
     refine_every: int = Field(
-        10,
+        5,
         ge=0,
         description="Every this many model updates, re-cluster the model's reservoir (a sample of users, "
         "each at their current profile) with k-means++ restarts and adopt the result if it fits better; ids stay stable (0 disables).",
     )
     refine_restarts: int = Field(
-        3, ge=0, le=100, description="Fresh k-means++ seedings tried by each refinement (besides the current centroids)."
+        5, ge=0, le=100, description="Fresh k-means++ seedings tried by each refinement (besides the current centroids)."
     )
     refine_iterations: int = Field(
-        10, ge=1, le=1000, description="Most Lloyd iterations per refinement candidate."
+        20, ge=1, le=1000, description="Most Lloyd iterations per refinement candidate."
     )
     refine_min_gain: float = Field(
         0.002, ge=0, lt=1, description="Relative drop of the reservoir's inertia a refinement needs to be adopted."
@@ -85,13 +85,13 @@ class ClusteringSettings(BaseModel):
 
     # --- assignments --------------------------------------------------------------------
     hysteresis: float = Field(
-        0.02,
+        0.005,
         ge=0,
         le=2,
         description="A user moves to a new cluster only when it beats the current one by this cosine margin.",
     )
     warmup_batches: int = Field(
-        0,
+        20,
         ge=0,
         description="Users are first assigned once the model has learned from this many micro-batches "
         "(until then their assessment waits; an idle sweep assigns them anyway).",
@@ -108,6 +108,13 @@ class ClusteringSettings(BaseModel):
         ge=1,
         le=100,
         description="A user moves only after the new cluster wins this many assessments in a row (1: at once).",
+    )
+    return_margin: float = Field(
+        0.0,
+        ge=0,
+        le=2,
+        description="Extra cosine margin for a move back to the cluster the user left with their last change "
+        "(damps users flapping between two clusters; a real interest change is not held back).",
     )
     top_k: int = Field(3, ge=1, description="Clusters listed (with scores) in each assignment-change record.")
     recheck_budget: int = Field(

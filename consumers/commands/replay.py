@@ -38,7 +38,7 @@ def replay(
     cache_size: Annotated[int, Opt(min=0, help="Embeddings kept in the LRU cache (0 disables it).")] = 100_000,
     half_life_s: Annotated[float, Opt(help="Half-life of user profiles, in seconds of event time.")] = 7 * 24 * 3600.0,
     kmeans_half_life: Annotated[float, Opt(help="Half-life of centroid statistics, in batches.")] = 50.0,
-    hysteresis: Annotated[float, Opt(help="Cosine margin a new cluster must win by before a change is published.")] = 0.02,
+    hysteresis: Annotated[float, Opt(help="Cosine margin a new cluster must win by before a change is published.")] = 0.005,
     top_k: Annotated[int, Opt(min=1, help="Clusters listed with scores in each change record.")] = 3,
     recheck_budget: Annotated[int, Opt(min=0, help="Untouched users of moved clusters re-assessed per batch.")] = 256,
     seed: Annotated[int, Opt(help="Seed of the k-means initialisation and reseeding.")] = 42,

@@ -33,7 +33,7 @@ def run(
     clusters: Annotated[int | None, Opt("--clusters", "-k", help="Number of interest clusters [default: 8].")] = None,
     half_life_s: Annotated[float | None, Opt(help="Half-life of user profiles, seconds of event time [default: 604800].")] = None,
     kmeans_half_life: Annotated[float | None, Opt(help="Half-life of centroid statistics, in batches [default: 50].")] = None,
-    hysteresis: Annotated[float | None, Opt(help="Cosine margin a new cluster must win by before a change is published [default: 0.02].")] = None,
+    hysteresis: Annotated[float | None, Opt(help="Cosine margin a new cluster must win by before a change is published [default: 0.005].")] = None,
     model: Annotated[str | None, Opt(help="Local sentence-transformers model directory [default: packaged all-MiniLM-L6-v2].")] = None,
     device: Annotated[str | None, Opt(help="torch device, e.g. cpu or cuda [default: cuda when available].")] = None,
     batch_max_events: Annotated[int | None, Opt(help="Largest micro-batch in records [default: 512].")] = None,

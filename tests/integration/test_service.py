@@ -227,6 +227,9 @@ def test_sigterm_mid_stream_loses_nothing(kafka_bootstrap, tmp_path):
         assert second.value("interest_users_tracked") > 0, "profiles restored from the changelog"
         second.wait_consumed(n - consumed_first)
         assert second.value("interest_events_consumed_total") == n - consumed_first, "nothing read twice"
+        # This stream is shorter than the model's warm-up: users are assigned by the idle sweep.
+        wait_for(lambda: second.sum_of("interest_cluster_size_users") == len(scenario.truth), 60,
+                 what="every user assigned by the idle sweep")
         assert second.stop(signal.SIGTERM) == 0, second.log_tail()
     finally:
         second.stop()
@@ -237,6 +240,7 @@ def test_sigterm_mid_stream_loses_nothing(kafka_bootstrap, tmp_path):
     records = [SourceRecord(value=v, key=k, timestamp_ms=None) for k, v in _event_records(scenario)]
     for i in range(0, n, 100):
         reference.process_batch(records[i:i + 100], now_ms=0)
+    reference.reassess(list(reference.profiles.user_ids()), now_ms=0)  # the service's idle sweep at the end
     stored = latest_profiles(kafka_bootstrap, topics.profiles_changelog)
     assert set(stored) == set(reference.profiles.user_ids()) == set(scenario.truth)
     for user, (vector, ref_ms, mass) in stored.items():

@@ -185,3 +185,26 @@ def test_confirmations_need_consecutive_wins():
     assert tracker._pending == {}
     with pytest.raises(ValueError):
         AssignmentTracker(confirmations=0)
+
+
+def test_return_margin_damps_flapping_but_not_a_real_move():
+    tracker = AssignmentTracker(hysteresis=0.02, top_k=2, return_margin=0.1)
+    assess = lambda sims: tracker.assess(["u"], None, np.array([sims]), 1, 0, 0)  # noqa: E731
+    assert [c.cluster for c in assess([0.9, 0.1, 0.0])] == [0]
+    assert [c.cluster for c in assess([0.5, 0.6, 0.0])] == [1]  # 0 -> 1: hysteresis only
+    assert assess([0.6, 0.5, 0.0]) == []  # back to 0 needs 0.02 + 0.1
+    assert assess([0.64, 0.55, 0.0]) == []
+    assert [c.cluster for c in assess([0.7, 0.55, 0.2])] == [0]  # wins by 0.15: moves back
+    assert [c.cluster for c in assess([0.5, 0.2, 0.55])] == [2]  # onward to a new cluster: hysteresis only
+
+
+def test_return_margin_survives_state_and_restore():
+    tracker = AssignmentTracker(return_margin=0.1)
+    tracker.assess(["u"], None, np.array([[0.9, 0.1]]), 1, 0, 0)
+    tracker.assess(["u"], None, np.array([[0.3, 0.9]]), 1, 0, 0)
+    twin = AssignmentTracker.from_bytes(tracker.to_bytes())
+    restored = AssignmentTracker(return_margin=0.1)
+    restored.restore("u", 1, 0.9, previous_cluster=0)
+    for t in (tracker, twin, restored):
+        assert t.assess(["u"], None, np.array([[0.6, 0.55]]), 1, 0, 0) == [], "held: a return needs the extra margin"
+        assert [c.cluster for c in t.assess(["u"], None, np.array([[0.8, 0.55]]), 1, 0, 0)] == [0]

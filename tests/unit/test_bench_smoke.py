@@ -91,7 +91,8 @@ def test_quality_evaluate_scores_a_separable_scenario():
         event_type_mix={"view": 1.0},
         seed=3,
     )
-    driver = make_driver(n_clusters=3, encoder=TopicEncoder(seed=3), seed=3)
+    # A tiny stream (fewer batches than the default warm-up): assign from the first batch.
+    driver = make_driver(n_clusters=3, encoder=TopicEncoder(seed=3), seed=3, warmup_batches=0)
     result = quality.evaluate(scenario, k=3, driver=driver, batch_size=64, river_points=60, seed=3)
     assert [c.fraction for c in result.checkpoints] == list(quality.CHECKPOINTS)
     assert result.checkpoints[-1].events == len(scenario.events)
@@ -158,7 +159,7 @@ def test_movielens_core_on_a_tiny_log():
     events = movielens.to_events(split.train)
     assert [e["ts"] for e in events] == sorted(e["ts"] for e in events)
     driver = make_driver(
-        n_clusters=2, encoder=TopicEncoder(seed=1), seed=1, catalog=movielens.catalog_of(items)
+        n_clusters=2, encoder=TopicEncoder(seed=1), seed=1, catalog=movielens.catalog_of(items), warmup_batches=0
     )
     row = movielens.evaluate_k(split, events, driver, 2, batch_size=16)
     assert row.users_emitted == 1.0

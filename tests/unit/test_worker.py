@@ -70,7 +70,8 @@ def corpus():
 
 
 def make_pipeline(corpus, **overrides) -> Pipeline:
-    settings = ClusteringSettings(**{"n_clusters": len(corpus.topics), "seed": 3, **overrides})
+    """A pipeline over the topic encoder; no warm-up unless asked (these tests run a few batches)."""
+    settings = ClusteringSettings(**{"n_clusters": len(corpus.topics), "seed": 3, "warmup_batches": 0, **overrides})
     return Pipeline(settings, TopicEncoder(corpus))
 
 
