@@ -78,6 +78,9 @@ def test_service_agrees_with_replay_on_the_same_events(kafka_bootstrap, tmp_path
         wait_for(lambda: committed_offsets(kafka_bootstrap, topics.group, topics.events) == {0: n}, 30,
                  what="offsets committed")
         assert svc.value("interest_events_applied_total") == n
+        # Fewer batches than the model's warm-up: the idle sweep assigns everyone (replay settles at its end).
+        wait_for(lambda: svc.sum_of("interest_cluster_size_users") == len(scenario.truth), 60,
+                 what="every user assigned")
         assert svc.stop() == 0, svc.log_tail()
     finally:
         svc.stop()
@@ -177,7 +180,8 @@ def test_bad_input_dead_letters_metrics_and_forget(kafka_bootstrap, tmp_path):
             assert svc.value("interest_events_rejected_total", reason=reason) == 1, reason
         assert svc.value("interest_users_tracked") == len(scenario.truth)
         assert svc.value("interest_end_to_end_latency_seconds_count") == len(good)
-        assert svc.sum_of("interest_cluster_size_users") == len(scenario.truth)
+        wait_for(lambda: svc.sum_of("interest_cluster_size_users") == len(scenario.truth), 60,
+                 what="every user assigned (the idle sweep, after the warm-up)")
         changes = read_all(kafka_bootstrap, topics.assignments)
         assert svc.value("interest_assignment_changes_total") == len(changes)
         wait_for(lambda: svc.value("interest_consumer_lag_messages", topic=topics.events, partition="0") == 0
