@@ -430,6 +430,10 @@ class MiniBatchKMeans(base.Clusterer):
         self.refine_min_gain = refine_min_gain
         self.refine_backoff = refine_backoff
         self.warmup = warmup
+        if refine_every > 0:
+            # Import the Hungarian solver now: importing scipy.optimize takes ~0.3 s, which would
+            # otherwise land on whichever batch first adopts a refinement (a latency spike).
+            import scipy.optimize  # noqa: F401
 
         self._rng = np.random.default_rng(seed)
         self._sample_rng = np.random.default_rng(None if seed is None else seed + 1)
