@@ -161,7 +161,10 @@ def _check_final_state(bootstrap: str, topics: Topics, scenario, reference, enco
     truth = [scenario.truth[u].final_primary for u in users]
     nmi_faults = normalized_mutual_info_score(truth, [last[u] for u in users])
     nmi_clean = normalized_mutual_info_score(truth, [reference.tracker.last(u)[0] for u in users])
-    assert abs(nmi_faults - nmi_clean) <= nmi_tolerance, (nmi_faults, nmi_clean)
+    # Faults must not cost quality: at most nmi_tolerance below the fault-free run. A redone batch
+    # has other boundaries, so the model takes another path; it may also land higher (measured
+    # once: 0.776 with faults vs 0.766 without), which is no loss.
+    assert nmi_faults >= nmi_clean - nmi_tolerance, (nmi_faults, nmi_clean)
     return nmi_faults, nmi_clean
 
 
