@@ -25,6 +25,17 @@ import numpy as np
 from stream.profiles import profile_from_bytes
 
 
+def _restore_consumer(options: Mapping[str, Any], max_fetch_bytes: int):
+    """A group-less ``read_committed`` consumer for reading state topics to their end."""
+    from kafka import KafkaConsumer
+
+    return KafkaConsumer(
+        group_id=None, enable_auto_commit=False, isolation_level="read_committed",
+        max_partition_fetch_bytes=max_fetch_bytes, fetch_max_bytes=max_fetch_bytes,
+        client_id="interest-stream-restore", **options,
+    )
+
+
 def read_latest(
     options: Mapping[str, Any],
     topic: str,
@@ -39,15 +50,11 @@ def read_latest(
     ``options`` are kafka-python client options (bootstrap servers, security).
     ``progress(done, total)`` is called as records are read.
     """
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
     if not partitions:
         return {}
-    consumer = KafkaConsumer(
-        group_id=None, enable_auto_commit=False, isolation_level="read_committed",
-        max_partition_fetch_bytes=max_fetch_bytes, fetch_max_bytes=max_fetch_bytes,
-        client_id="interest-stream-restore", **options,
-    )
+    consumer = _restore_consumer(options, max_fetch_bytes)
     try:
         tps = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(tps)
@@ -88,13 +95,9 @@ def read_from(
 
     With ``key``, only the records with that key. ``start`` beyond the log start is clamped.
     """
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    consumer = KafkaConsumer(
-        group_id=None, enable_auto_commit=False, isolation_level="read_committed",
-        max_partition_fetch_bytes=max_fetch_bytes, fetch_max_bytes=max_fetch_bytes,
-        client_id="interest-stream-restore", **options,
-    )
+    consumer = _restore_consumer(options, max_fetch_bytes)
     try:
         tp = TopicPartition(topic, partition)
         consumer.assign([tp])

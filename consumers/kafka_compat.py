@@ -110,6 +110,14 @@ def _patch_initialize(conn_cls, errors) -> None:
     conn_cls.initialize = initialize
 
 
+# step -> (the transaction manager's method that starts it, the producer's public, unbounded method)
+_TRANSACTION_STEPS = {
+    "send_offsets": ("send_offsets_to_transaction", "send_offsets_to_transaction"),
+    "commit": ("begin_commit", "commit_transaction"),
+    "abort": ("begin_abort", "abort_transaction"),
+}
+
+
 def finish_transaction_step(producer, step: str, timeout_s: float, *args) -> None:
     """Run a transactional step of ``producer`` and wait for it at most ``timeout_s`` seconds.
 
@@ -124,13 +132,10 @@ def finish_transaction_step(producer, step: str, timeout_s: float, *args) -> Non
     """
     import kafka.errors as errors
 
+    begin, public = _TRANSACTION_STEPS[step]
     manager = getattr(producer, "_transaction_manager", None)
     sender = getattr(producer, "_sender", None)
-    begin = {"send_offsets": "send_offsets_to_transaction", "commit": "begin_commit",
-             "abort": "begin_abort"}[step]
     if manager is None or sender is None or not hasattr(manager, begin):
-        public = {"send_offsets": "send_offsets_to_transaction", "commit": "commit_transaction",
-                  "abort": "abort_transaction"}[step]
         getattr(producer, public)(*args)
         return
     result = getattr(manager, begin)(*args)

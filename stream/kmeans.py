@@ -622,12 +622,11 @@ class MiniBatchKMeans(base.Clusterer):
         k, d = self.n_clusters, arr.shape[1]
         capacity = self.seeds_per_batch if self.is_initialised else max(self.seeds_per_batch, self._init_size)
         seeds, keys, seed_ids = _top_keys(arr, _sample_keys(self._sample_rng, w), capacity, ids)
-        held = self._reservoir_ids[self._reservoir_ids != 0]
-        if point_ids is not None and held.shape[0]:
-            again = np.isin(ids, held) & ~np.isin(ids, seed_ids)
-            refresh, refresh_ids = arr[again].astype(np.float32), ids[again]
-        else:
-            refresh, refresh_ids = None, None
+        refresh, refresh_ids = None, None
+        if point_ids is not None:
+            again = (self._reservoir_rows(ids) >= 0) & ~np.isin(ids, seed_ids)
+            if again.any():
+                refresh, refresh_ids = arr[again].astype(np.float32), ids[again]
         stats = BatchStatistics(
             n_clusters=k,
             dim=d,
@@ -781,6 +780,16 @@ class MiniBatchKMeans(base.Clusterer):
             d2 = np.minimum(d2, self._sq_dist_to(pts, pts[[idx]]))
         return pts[chosen].copy()
 
+    def _reservoir_rows(self, ids: np.ndarray) -> np.ndarray:
+        """The reservoir row holding each of ``ids``, or -1 (id 0, an anonymous point, never matches)."""
+        held = self._reservoir_ids
+        if ids.shape[0] == 0 or not held.any():
+            return np.full(ids.shape[0], -1, dtype=np.int64)
+        order = np.argsort(held, kind="stable")
+        pos = np.minimum(np.searchsorted(held[order], ids), held.shape[0] - 1)
+        found = (held[order][pos] == ids) & (ids != 0)
+        return np.where(found, order[pos], -1)
+
     def _reservoir_add(self, stats: BatchStatistics, decay: float) -> None:
         """Age the reservoir by ``decay``, drop points older than a few half-lives, move the
         points ``stats`` refreshes, add its seeds.
@@ -803,21 +812,20 @@ class MiniBatchKMeans(base.Clusterer):
                 self._reservoir_keys = self._reservoir_keys[fresh]
                 self._reservoir_age = self._reservoir_age[fresh]
                 self._reservoir_ids = self._reservoir_ids[fresh]
-        if self._reservoir_ids.any():
-            row_of = {int(i): r for r, i in enumerate(self._reservoir_ids.tolist()) if i}
-            for point, i in zip(stats.refresh, stats.refresh_ids.tolist(), strict=True):
-                r = row_of.get(i)
-                if r is not None:
-                    self._reservoir[r] = point
-                    self._reservoir_age[r] = 1.0
-            again = np.fromiter((row_of.get(i, -1) for i in ids.tolist()), dtype=np.int64, count=ids.shape[0])
-            if (again >= 0).any():
-                hit = again >= 0
-                rows = again[hit]
-                self._reservoir[rows] = seeds[hit]
-                self._reservoir_keys[rows] = np.maximum(self._reservoir_keys[rows], keys[hit])
-                self._reservoir_age[rows] = 1.0
-                seeds, keys, ids = seeds[~hit], keys[~hit], ids[~hit]
+        rows = self._reservoir_rows(stats.refresh_ids)
+        hit = rows >= 0
+        if hit.any():
+            # in order, the later refresh of an id wins: keep each row's last occurrence
+            held, last = np.unique(rows[hit][::-1], return_index=True)
+            self._reservoir[held] = stats.refresh[hit][::-1][last]
+            self._reservoir_age[held] = 1.0
+        rows = self._reservoir_rows(ids)
+        hit = rows >= 0
+        if hit.any():
+            self._reservoir[rows[hit]] = seeds[hit]
+            self._reservoir_keys[rows[hit]] = np.maximum(self._reservoir_keys[rows[hit]], keys[hit])
+            self._reservoir_age[rows[hit]] = 1.0
+            seeds, keys, ids = seeds[~hit], keys[~hit], ids[~hit]
         n_old, n_new, cap = self._reservoir_keys.shape[0], keys.shape[0], self.reservoir_size
         if n_new == 0:
             return

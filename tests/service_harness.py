@@ -147,6 +147,12 @@ class ServiceProcess:
         wait_for(lambda: self.value("interest_events_consumed_total") >= n, timeout,
                  what=f"{n} events consumed by {self.url} (log: {self.log_path})")
 
+    def wait_all_assigned(self, n_users: int, timeout: float = 60) -> None:
+        """Wait until ``n_users`` users hold a published cluster (a stream shorter than the model's
+        warm-up is assigned by the idle sweep, a moment after the last batch)."""
+        wait_for(lambda: self.sum_of("interest_cluster_size_users") == n_users, timeout,
+                 what=f"{n_users} users assigned by {self.url} (log: {self.log_path})")
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)

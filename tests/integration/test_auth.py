@@ -152,8 +152,7 @@ def test_service_runs_end_to_end_over_scram(scram_broker, tmp_path):
         assert svc.value("interest_events_applied_total") == len(events)
         assert svc.value("interest_events_rejected_total", reason="unknown_item") == 0
         # A stream shorter than the model's warm-up: the idle sweep assigns everyone.
-        wait_for(lambda: svc.sum_of("interest_cluster_size_users") == len(scenario.truth), 60,
-                 what="every user assigned")
+        svc.wait_all_assigned(len(scenario.truth))
         assert svc.stop() == 0, svc.log_tail()
     finally:
         svc.stop()

@@ -79,8 +79,7 @@ def test_service_agrees_with_replay_on_the_same_events(kafka_bootstrap, tmp_path
                  what="offsets committed")
         assert svc.value("interest_events_applied_total") == n
         # Fewer batches than the model's warm-up: the idle sweep assigns everyone (replay settles at its end).
-        wait_for(lambda: svc.sum_of("interest_cluster_size_users") == len(scenario.truth), 60,
-                 what="every user assigned")
+        svc.wait_all_assigned(len(scenario.truth))
         assert svc.stop() == 0, svc.log_tail()
     finally:
         svc.stop()
@@ -180,8 +179,7 @@ def test_bad_input_dead_letters_metrics_and_forget(kafka_bootstrap, tmp_path):
             assert svc.value("interest_events_rejected_total", reason=reason) == 1, reason
         assert svc.value("interest_users_tracked") == len(scenario.truth)
         assert svc.value("interest_end_to_end_latency_seconds_count") == len(good)
-        wait_for(lambda: svc.sum_of("interest_cluster_size_users") == len(scenario.truth), 60,
-                 what="every user assigned (the idle sweep, after the warm-up)")
+        svc.wait_all_assigned(len(scenario.truth))
         changes = read_all(kafka_bootstrap, topics.assignments)
         assert svc.value("interest_assignment_changes_total") == len(changes)
         wait_for(lambda: svc.value("interest_consumer_lag_messages", topic=topics.events, partition="0") == 0
@@ -232,8 +230,7 @@ def test_sigterm_mid_stream_loses_nothing(kafka_bootstrap, tmp_path):
         second.wait_consumed(n - consumed_first)
         assert second.value("interest_events_consumed_total") == n - consumed_first, "nothing read twice"
         # This stream is shorter than the model's warm-up: users are assigned by the idle sweep.
-        wait_for(lambda: second.sum_of("interest_cluster_size_users") == len(scenario.truth), 60,
-                 what="every user assigned by the idle sweep")
+        second.wait_all_assigned(len(scenario.truth))
         assert second.stop(signal.SIGTERM) == 0, second.log_tail()
     finally:
         second.stop()
