@@ -90,6 +90,10 @@ class QualityResult:
     stable_users: int = 0
     stable_events: int = 0
     stable_changes: int = 0  # beyond the first assignment
+    stable_returns: int = 0  # of those, changes back to a cluster the user had been announced in before
+    # stable users first announced outside their interest's target cluster who end in it: each needed at
+    # least one more change, so (this / stable_events) is a floor under churn set by the first assignments
+    first_off_target: int = 0
     baseline_churn: float = float("nan")  # sklearn MiniBatchKMeans label changes / event, stable users
     late_churn: float = float("nan")  # changes / event over the second half of each stable user's events
     river_points: int = 0
@@ -101,6 +105,11 @@ class QualityResult:
     @property
     def churn(self) -> float:
         return self.stable_changes / self.stable_events if self.stable_events else float("nan")
+
+    @property
+    def first_assignment_floor(self) -> float:
+        """Churn that the first assignments alone force (see ``first_off_target``)."""
+        return self.first_off_target / self.stable_events if self.stable_events else float("nan")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -284,7 +293,15 @@ def _drift_and_churn(result, scenario, last_cluster, n_changes, event_count, cha
                 stable_changes += max(0, n_changes.get(u, 0) - 1)
                 sk_stable += sk_changes.get(u, 0)
                 late_events += n - n // 2
-                late_changes += sum(1 for seen, _c, _t in change_log.get(u, [])[1:] if seen > n // 2)
+                log = change_log.get(u, [])
+                late_changes += sum(1 for seen, _c, _t in log[1:] if seen > n // 2)
+                announced: set[int] = set()
+                for _seen, c, _t in log:
+                    result.stable_returns += c in announced
+                    announced.add(c)
+                goal = target.get(t.primary)
+                if log and goal is not None and log[0][1] != goal and last_cluster.get(u) == goal:
+                    result.first_off_target += 1
             continue
         if t.switch_event_index is None or event_count.get(u, 0) <= t.switch_event_index:
             continue
@@ -365,8 +382,10 @@ def report_quality(result: QualityResult, report: Report, bench: str = "quality"
             result.stable_users,
             result.stable_events,
             result.stable_changes,
+            result.stable_returns,
             result.churn,
             result.late_churn,
+            result.first_assignment_floor,
             result.baseline_churn,
         ]
     ]
@@ -382,15 +401,20 @@ def report_quality(result: QualityResult, report: Report, bench: str = "quality"
             "stable users",
             "their events",
             "extra changes",
+            "returns",
             "churn/event",
             "2nd half",
+            "1st-assignment floor",
             "sklearn MBK churn",
         ],
         recov_rows,
         caption=(
             "recovery: events from the switch until a change record puts the user in the cluster where most "
             "never-switched users of the new interest end up; churn: changes beyond the first per event of "
-            "never-switched users (2nd half: over the later half of each user's events); sklearn MBK churn: label "
+            "never-switched users (2nd half: over the later half of each user's events; returns: changes back to a "
+            "cluster the user had been announced in before); 1st-assignment floor: never-switched users first "
+            "announced outside the cluster of their interest who end in it, per event (each needed one more change, "
+            "so churn cannot go below it without announcing users later); sklearn MBK churn: label "
             "changes of the same users' per-batch predictions."
         ),
     )

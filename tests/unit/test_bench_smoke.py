@@ -139,6 +139,29 @@ def test_drift_recovery_and_churn_definitions():
     assert result.churn == pytest.approx(0.2)
     assert result.baseline_churn == pytest.approx(0.1)
     assert result.late_churn == pytest.approx(2 / 6)  # both extra changes of s1 fall in its last 3 events
+    assert result.stable_returns == 1  # s1 went back to cluster 0
+    assert result.first_off_target == 0 and result.first_assignment_floor == 0.0
+
+
+def test_first_assignment_floor_counts_stable_users_first_announced_off_target():
+    truth = {u: UserTruth(u, "a", "b") for u in ("s1", "s2", "s3")} | {"s4": UserTruth("s4", "b", "a")}
+    scenario = SimpleNamespace(truth=truth)
+    result = quality.QualityResult("t", 2, 4, 0, 1)
+    # topic a ends in cluster 0 (s1, s2, s3), topic b in cluster 1 (s4)
+    last = {"s1": 0, "s2": 0, "s3": 0, "s4": 1}
+    log = {
+        "s1": [(1, 1, 0), (2, 0, 0)],  # first announced off target, corrected: one forced change
+        "s2": [(1, 1, 0), (3, 0, 0), (4, 1, 0), (5, 0, 0)],  # the same, then a round trip (2 returns)
+        "s3": [(1, 0, 0)],
+        "s4": [(1, 1, 0)],
+    }
+    n_changes = {u: len(v) for u, v in log.items()}
+    events = dict.fromkeys(truth, 5)
+    quality._drift_and_churn(result, scenario, last, n_changes, events, log, {})
+    assert result.first_off_target == 2
+    assert result.first_assignment_floor == pytest.approx(2 / 20)
+    assert result.stable_returns == 2
+    assert result.churn == pytest.approx(4 / 20)
 
 
 def test_movielens_core_on_a_tiny_log():
