@@ -786,9 +786,21 @@ class MiniBatchKMeans(base.Clusterer):
         if ids.shape[0] == 0 or not held.any():
             return np.full(ids.shape[0], -1, dtype=np.int64)
         order = np.argsort(held, kind="stable")
-        pos = np.minimum(np.searchsorted(held[order], ids), held.shape[0] - 1)
-        found = (held[order][pos] == ids) & (ids != 0)
+        sorted_held = held[order]
+        pos = np.minimum(np.searchsorted(sorted_held, ids), held.shape[0] - 1)
+        found = (sorted_held[pos] == ids) & (ids != 0)
         return np.where(found, order[pos], -1)
+
+    def _move_held(self, ids: np.ndarray, points: np.ndarray) -> np.ndarray:
+        """Write ``points`` over the reservoir rows holding their ``ids`` (of an id given twice, the
+        later wins) and mark those rows recent; returns each id's row, -1 where the reservoir lacks it."""
+        rows = self._reservoir_rows(ids)
+        hit = np.flatnonzero(rows >= 0)
+        if hit.shape[0]:
+            held, last = np.unique(rows[hit][::-1], return_index=True)
+            self._reservoir[held] = points[hit[::-1][last]]
+            self._reservoir_age[held] = 1.0
+        return rows
 
     def _reservoir_add(self, stats: BatchStatistics, decay: float) -> None:
         """Age the reservoir by ``decay``, drop points older than a few half-lives, move the
@@ -812,19 +824,11 @@ class MiniBatchKMeans(base.Clusterer):
                 self._reservoir_keys = self._reservoir_keys[fresh]
                 self._reservoir_age = self._reservoir_age[fresh]
                 self._reservoir_ids = self._reservoir_ids[fresh]
-        rows = self._reservoir_rows(stats.refresh_ids)
+        self._move_held(stats.refresh_ids, stats.refresh)
+        rows = self._move_held(ids, seeds)
         hit = rows >= 0
         if hit.any():
-            # in order, the later refresh of an id wins: keep each row's last occurrence
-            held, last = np.unique(rows[hit][::-1], return_index=True)
-            self._reservoir[held] = stats.refresh[hit][::-1][last]
-            self._reservoir_age[held] = 1.0
-        rows = self._reservoir_rows(ids)
-        hit = rows >= 0
-        if hit.any():
-            self._reservoir[rows[hit]] = seeds[hit]
             self._reservoir_keys[rows[hit]] = np.maximum(self._reservoir_keys[rows[hit]], keys[hit])
-            self._reservoir_age[rows[hit]] = 1.0
             seeds, keys, ids = seeds[~hit], keys[~hit], ids[~hit]
         n_old, n_new, cap = self._reservoir_keys.shape[0], keys.shape[0], self.reservoir_size
         if n_new == 0:
