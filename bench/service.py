@@ -49,7 +49,6 @@ Example (the parts that need no broker):
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import sys
 import tempfile
@@ -182,12 +181,11 @@ class Topics:
         outputs), and ``extra`` topics (``delete`` policy, ``events_partitions`` partitions)."""
         from kafka import KafkaAdminClient
 
-        from consumers.topics import TopicSpec, ensure_topics
+        from consumers.topics import COMPACT_TUNING, TopicSpec, ensure_topics
 
-        compact = {"min.cleanable.dirty.ratio": "0.1", "segment.ms": "3600000"}
         specs = [
             TopicSpec("events", self.name("events"), events_partitions, "delete"),
-            TopicSpec("items", self.name("items"), 3, "compact", configs=compact),
+            TopicSpec("items", self.name("items"), 3, "compact", configs=COMPACT_TUNING),
             *[TopicSpec("extra", self.name(x), events_partitions, "delete") for x in extra],
         ]
         admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), client_id=f"{self.prefix}-admin")
@@ -276,25 +274,20 @@ def keyed(events: Sequence[dict]) -> list[tuple[bytes, bytes]]:
 class ServiceRun:
     """``InterestService`` with a given pipeline, running in a thread; metrics recorded."""
 
-    def __init__(
-        self, bootstrap: str, topics: Topics, pipeline, state_dir: str, run: str = "", **overrides
-    ) -> None:
+    def __init__(self, bootstrap: str, topics: Topics, pipeline, run: str = "", **overrides) -> None:
         from consumers.service import InterestService
         from consumers.settings import ServiceSettings
         from stream.metrics import ServiceMetrics
 
-        wanted = {
-            "bootstrap_servers": bootstrap,
-            "metrics_host": "127.0.0.1",
-            "metrics_port": 0,
-            "state_dir": state_dir,
-            "log_level": "WARNING",
-            **topics.overrides(run),
-            **overrides,
-        }
-        # only what this version of the service knows (e.g. state_dir went with checkpoints)
         settings = ServiceSettings.load(
-            overrides={k: v for k, v in wanted.items() if k in ServiceSettings.model_fields}
+            overrides={
+                "bootstrap_servers": bootstrap,
+                "metrics_host": "127.0.0.1",
+                "metrics_port": 0,
+                "log_level": "WARNING",
+                **topics.overrides(run),
+                **overrides,
+            }
         )
         self.settings = settings
         self.metrics = ServiceMetrics()
@@ -568,15 +561,12 @@ def warm_throughput(
         runs: list[ServiceRate] = []
         batch = ServiceSettings.model_fields["batch_max_events"].default
         for i, (label, overrides) in enumerate(configs):
-            if any(k not in ServiceSettings.model_fields for k in overrides):
-                continue  # a setting this version of the service does not have
             pipe = _warm_pipeline(encoder, items, vectors)
-            with tempfile.TemporaryDirectory(prefix="bench-service-") as state:
-                run = ServiceRun(bootstrap, topics, pipe, state, run=f"r{i}", **overrides).start()
-                try:
-                    run.wait_consumed(len(events), timeout)
-                finally:
-                    run.stop()
+            run = ServiceRun(bootstrap, topics, pipe, run=f"r{i}", **overrides).start()
+            try:
+                run.wait_consumed(len(events), timeout)
+            finally:
+                run.stop()
             n, seconds, rate = run.rate()
             stats = pipe.counters_snapshot()
             runs.append(
@@ -633,15 +623,14 @@ def cold_throughput(
         produce(bootstrap, topics.name("events"), keyed(events))
         pipe = _pipeline(encoder)
         encoder.encode(["warm-up text"] * 8)  # first-call overhead out of every timing
-        with tempfile.TemporaryDirectory(prefix="bench-service-") as state:
-            run = ServiceRun(bootstrap, topics, pipe, state)
-            chunk = run.settings.batch_max_events
-            raw = [raw_encode_rate(encoder, texts, chunk)]
-            run.start()
-            try:
-                run.wait_consumed(len(events), timeout)
-            finally:
-                run.stop()
+        run = ServiceRun(bootstrap, topics, pipe)
+        chunk = run.settings.batch_max_events
+        raw = [raw_encode_rate(encoder, texts, chunk)]
+        run.start()
+        try:
+            run.wait_consumed(len(events), timeout)
+        finally:
+            run.stop()
         raw.append(raw_encode_rate(encoder, texts, chunk))
         n, seconds, rate = run.rate()
         return ColdResult(
@@ -682,11 +671,11 @@ def steady_latency(
         pipe = _warm_pipeline(encoder, items, vectors)
         import msgspec
 
-        with tempfile.TemporaryDirectory(prefix="bench-service-") as state:
-            payload_file = Path(state) / "payloads.jsonl"
+        with tempfile.TemporaryDirectory(prefix="bench-service-") as scratch:
+            payload_file = Path(scratch) / "payloads.jsonl"
             enc = msgspec.json.Encoder().encode
             payload_file.write_bytes(b"\n".join(enc([e["user_id"], e]) for e in payloads))
-            run = ServiceRun(bootstrap, topics, pipe, state, **service_overrides).start()
+            run = ServiceRun(bootstrap, topics, pipe, **service_overrides).start()
             proc = None
             try:
                 run.wait_ready()
@@ -785,13 +774,12 @@ def run(
         ag_texts, latency_seconds = min(ag_texts, 300), min(latency_seconds, 10.0)
     threadpool_limits(1, user_api="blas")  # what the service sets for itself, set before every run
     encoder = product.sentence_encoder()
-    try:
-        cluster = kafka_cluster()
-        bootstrap = cluster.__enter__()
-    except Exception as exc:
-        report.print(f"[yellow]no Kafka broker ({type(exc).__name__}: {exc}): service benchmarks skipped[/]")
-        return out
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            bootstrap = stack.enter_context(kafka_cluster())
+        except Exception as exc:  # only starting the broker: failures of the benchmarks themselves propagate
+            report.print(f"[yellow]no Kafka broker ({type(exc).__name__}: {exc}): service benchmarks skipped[/]")
+            return out
         report.print(
             f"broker {bootstrap}; service: InterestService in a thread of this process, "
             f"pre-built Pipeline (model loaded once, untimed); default settings (k=8, batches of "
@@ -872,8 +860,6 @@ def run(
         else:
             report.print(f"[yellow]AG News not found at {ag_news}: benchmark 2 skipped[/]")
         if have_ml:
-            from consumers.settings import ServiceSettings
-
             lats = [
                 (
                     label,
@@ -887,7 +873,6 @@ def run(
                     ),
                 )
                 for label, overrides in WARM_CONFIGS
-                if all(k in ServiceSettings.model_fields for k in overrides)
             ]
             out["latency"] = lats
             lat = lats[0][1]
@@ -959,18 +944,19 @@ def run(
                 rows,
             )
         report.targets_table(BENCH, title="Service targets")
-    finally:
-        cluster.__exit__(None, None, None)
     return out
 
 
-if __name__ == "__main__":  # pragma: no cover
-    if len(sys.argv) > 1 and sys.argv[1] == "paced-producer":
-        _, _, servers, topic_name, payload_path, rate_arg, seconds_arg = sys.argv
-        print(paced_producer(servers, topic_name, payload_path, float(rate_arg), float(seconds_arg)))
-    else:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        sys.argv[1:1] = ["--only", "service"]
-        from bench.__main__ import app
+def _main(argv: Sequence[str]) -> int:
+    """The paced producer of benchmark 3, in its own process (see :func:`paced_producer`)."""
+    if len(argv) != 6 or argv[0] != "paced-producer":
+        print("usage: python -m bench.service paced-producer SERVERS TOPIC PAYLOAD_FILE RATE SECONDS\n"
+              "(the service benchmarks themselves: python -m bench --only service)", file=sys.stderr)
+        return 2
+    _, servers, topic_name, payload_path, rate_arg, seconds_arg = argv
+    print(paced_producer(servers, topic_name, payload_path, float(rate_arg), float(seconds_arg)))
+    return 0
 
-        app()
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(_main(sys.argv[1:]))

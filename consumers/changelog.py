@@ -2,8 +2,10 @@
 
 A member restores *exactly the partitions it owns*: the profiles changelog and the
 assignments topic are co-partitioned with the events topic (the service writes each
-user's records to the partition its events come from), so partition ``p`` of each holds
-the state of the users of events partition ``p``. Records are read with
+user's records to the user's owner partition, :mod:`consumers.partitioning`), so
+partition ``p`` of each holds the state of the users of events partition ``p``. A record
+in a partition that does not own its key (a *stray*, written by an older version) is
+skipped and reported, never allowed to replace the owner's record. Records are read with
 ``read_committed`` from the beginning to the end offsets taken at the start; the
 latest value per key wins and a tombstone deletes the key, as compaction will.
 
@@ -15,13 +17,13 @@ Example (needs a broker; not run as a doctest)::
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
 import numpy as np
 
+from consumers.topic_reader import read_to_end
 from stream.profiles import profile_from_bytes
 
 
@@ -42,13 +44,18 @@ def read_latest(
     partitions: list[int],
     *,
     progress: Callable[[int, int], None] | None = None,
+    owner_of_key: Callable[[bytes], int] | None = None,
+    on_stray: Callable[[str, bytes, int], None] | None = None,
     timeout_s: float = 600.0,
     max_fetch_bytes: int = 32 * 1024 * 1024,
 ) -> dict[bytes, tuple[int, bytes | None]]:
     """Latest ``(partition, value)`` per key of ``partitions`` of ``topic`` (value None = tombstone).
 
     ``options`` are kafka-python client options (bootstrap servers, security).
-    ``progress(done, total)`` is called as records are read.
+    ``progress(done, total)`` is called as records are read. With ``owner_of_key``, a record
+    whose partition is not its key's owner is a stray: skipped (so it can never replace the
+    owner partition's record, whatever the read order) and reported to ``on_stray(topic, key,
+    partition)``.
     """
     from kafka import TopicPartition
 
@@ -64,18 +71,21 @@ def read_latest(
         total = sum(max(0, end[tp] - begin[tp]) for tp in tps)
         latest: dict[bytes, tuple[int, bytes | None]] = {}
         done = 0
-        deadline = time.monotonic() + timeout_s
-        pending = [tp for tp in tps if end[tp] > begin[tp]]
-        while pending:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"restoring {topic} {partitions} did not reach the end in {timeout_s:.0f} s")
-            for records in consumer.poll(timeout_ms=500, max_records=10_000).values():
-                for rec in records:
-                    latest[rec.key] = (rec.partition, rec.value)
-                done += len(records)
+
+        def keep(_tp, records) -> None:
+            nonlocal done
+            for rec in records:
+                if owner_of_key is not None and rec.key is not None and owner_of_key(rec.key) != rec.partition:
+                    if on_stray is not None:
+                        on_stray(topic, rec.key, rec.partition)
+                    continue
+                latest[rec.key] = (rec.partition, rec.value)
+            done += len(records)
             if progress is not None:
                 progress(min(done, total), total)
-            pending = [tp for tp in pending if consumer.position(tp) < end[tp]]
+
+        read_to_end(consumer, tps, keep, end_offsets=end, timeout_s=timeout_s, max_records=10_000,
+                    poll_timeout_ms=500, what=f"{topic} {partitions}")
         return latest
     finally:
         consumer.close()
@@ -105,12 +115,12 @@ def read_from(
         end = consumer.end_offsets([tp])[tp]
         consumer.seek(tp, max(begin, min(start, end)))
         values: list[bytes] = []
-        deadline = time.monotonic() + timeout_s
-        while consumer.position(tp) < end:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic}[{partition}] did not reach the end in {timeout_s:.0f} s")
-            for records in consumer.poll(timeout_ms=500, max_records=10_000).values():
-                values.extend(r.value for r in records if r.value is not None and (key is None or r.key == key))
+
+        def keep(_tp, records) -> None:
+            values.extend(r.value for r in records if r.value is not None and (key is None or r.key == key))
+
+        read_to_end(consumer, [tp], keep, end_offsets={tp: end}, timeout_s=timeout_s, max_records=10_000,
+                    poll_timeout_ms=500, what=f"{topic}[{partition}]")
         return values
     finally:
         consumer.close()
@@ -123,13 +133,16 @@ def restore_profiles(
     profiles,
     *,
     progress: Callable[[int, int], None] | None = None,
+    owner_of_key: Callable[[bytes], int] | None = None,
+    on_stray: Callable[[str, bytes, int], None] | None = None,
 ) -> dict[str, int]:
     """Load the latest profile of every user of ``partitions`` into a :class:`~stream.profiles.ProfileStore`.
 
     Returns ``{user_id: partition}`` for the users restored. Raises ``ValueError`` when the
     stored vectors do not have the store's dimension (another model wrote them).
     """
-    latest = read_latest(options, topic, partitions, progress=progress)
+    latest = read_latest(options, topic, partitions, progress=progress, owner_of_key=owner_of_key,
+                         on_stray=on_stray)
     users: list[str] = []
     owners: dict[str, int] = {}
     rows: list[np.ndarray] = []
@@ -152,10 +165,20 @@ def restore_profiles(
     return owners
 
 
-def restore_assignments(options: Mapping[str, Any], topic: str, partitions: list[int], tracker) -> int:
-    """Load the last emitted assignment of every user of ``partitions`` into an AssignmentTracker."""
+def restore_assignments(
+    options: Mapping[str, Any],
+    topic: str,
+    partitions: list[int],
+    tracker,
+    *,
+    owner_of_key: Callable[[bytes], int] | None = None,
+    on_stray: Callable[[str, bytes, int], None] | None = None,
+) -> int:
+    """Load the last emitted assignment of every user of ``partitions`` into an AssignmentTracker
+    (strays skipped as in :func:`read_latest`)."""
     restored = 0
-    for key, (_, value) in read_latest(options, topic, partitions).items():
+    latest = read_latest(options, topic, partitions, owner_of_key=owner_of_key, on_stray=on_stray)
+    for key, (_, value) in latest.items():
         if key is None or value is None:
             continue
         try:

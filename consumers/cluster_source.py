@@ -19,38 +19,19 @@ Example (decoding needs no broker)::
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
-from consumers.kafka_config import bootstrap_from_env
+from consumers.kafka_config import resolve_bootstrap
 from consumers.topic_reader import TopicRecord, read_topic
 from stream.cluster_view import UserRecord
 from stream.records import CentroidSnapshot, decode_centroid, decode_change
 
+#: Where ``inspect`` and ``report`` look when nothing names a cluster (see :func:`resolve_bootstrap`).
 DEFAULT_BOOTSTRAP = "localhost:9092"
-SERVICE_BOOTSTRAP_ENV = "INTEREST_STREAM_BOOTSTRAP_SERVERS"
-
-
-def resolve_bootstrap(option: str | None, environ: Mapping[str, str] | None = None) -> str:
-    """The bootstrap servers: the flag, else ``KAFKA_BOOTSTRAP_SERVERS``, else
-    ``INTEREST_STREAM_BOOTSTRAP_SERVERS``, else ``localhost:9092``.
-
-    >>> resolve_bootstrap(None, {"INTEREST_STREAM_BOOTSTRAP_SERVERS": "b:9092"})
-    'b:9092'
-    >>> resolve_bootstrap("a:1", {"KAFKA_BOOTSTRAP_SERVERS": "b:9092"})
-    'a:1'
-    """
-    env = os.environ if environ is None else environ
-    if option and option.strip():
-        return option.strip()
-    from_env = bootstrap_from_env(env) or bootstrap_from_env(
-        {"KAFKA_BOOTSTRAP_SERVERS": env.get(SERVICE_BOOTSTRAP_ENV, "")}
-    )
-    return from_env or DEFAULT_BOOTSTRAP
 
 
 def load_for_command(bootstrap_servers: str | None, centroids_topic: str, assignments_topic: str,
@@ -66,7 +47,7 @@ def load_for_command(bootstrap_servers: str | None, centroids_topic: str, assign
     from consumers.topic_reader import TopicNotFound
 
     err = Console(stderr=True)
-    bootstrap = resolve_bootstrap(bootstrap_servers)
+    bootstrap = resolve_bootstrap(bootstrap_servers) or DEFAULT_BOOTSTRAP
     try:
         options = parse_kafka_options(kafka_option)
         with err.status(f"reading {centroids_topic!r} and {assignments_topic!r} from {bootstrap}"):

@@ -62,7 +62,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from consumers.kafka_config import bootstrap_from_env
+from consumers.kafka_config import resolve_bootstrap
 
 DEPLOY_DIR = Path(__file__).resolve().parents[1] / "deploy" / "kafka"
 POM = DEPLOY_DIR / "pom.xml"
@@ -726,15 +726,13 @@ def clear_state() -> None:
 def bootstrap_servers_or_start(**broker_kwargs: Any) -> tuple[str, DevBroker | None]:
     """Bootstrap servers to use, starting a broker only when there is none.
 
-    Order: ``KAFKA_BOOTSTRAP_SERVERS``; then a live broker started by ``interest-stream broker start``;
-    else a new :class:`DevBroker`, returned too so the caller stops it (the others are not the caller's).
+    Order (:func:`consumers.kafka_config.resolve_bootstrap`): ``INTEREST_STREAM_BOOTSTRAP_SERVERS``,
+    ``KAFKA_BOOTSTRAP_SERVERS``, a live broker started by ``interest-stream broker start``; else a new
+    :class:`DevBroker`, returned too so the caller stops it (the others are not the caller's).
     """
-    env = bootstrap_from_env()
-    if env:
-        return env, None
-    cli = load_state()
-    if cli is not None and cli.is_alive():
-        return cli.bootstrap_servers, None
+    found = resolve_bootstrap(None)
+    if found:
+        return found, None
     broker = DevBroker(**broker_kwargs).start()
     return broker.bootstrap_servers, broker
 

@@ -1,4 +1,5 @@
-"""Make kafka-python 3.0.x report refused SASL credentials instead of retrying until a timeout.
+"""Work around kafka-python 3.0.x defects: refused SASL credentials that retry until a timeout, and
+a consumer-group join abandoned half-way (see :func:`_patch_pending_join`).
 
 With kafka-python 3.0.12 and a real broker (Kafka 4.2, SCRAM), a wrong password never raises
 ``SaslAuthenticationFailedError``: every client constructor (``KafkaAdminClient``,
@@ -17,7 +18,8 @@ from ...')``. Two defects combine:
 
 :func:`install` patches both (idempotent; a no-op when the patched functions are missing, e.g. in
 another kafka-python version): received bytes are handed to the protocol before the end-of-file is
-acted on, and ``initialize`` re-raises authentication and authorisation errors after closing the
+acted on, and ``initialize`` re-raises the errors retrying cannot fix
+(:func:`consumers.kafka_config.is_fatal`: authentication, authorisation) after closing the
 connection. A wrong password then makes the client constructor raise
 ``kafka.errors.SaslAuthenticationFailedError`` within a second or so.
 
@@ -29,6 +31,7 @@ False
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -58,8 +61,47 @@ def install() -> bool:
                 or not hasattr(conn_cls, "initialize"):
             return False
         _patch_transport(tcp, errors)
-        _patch_initialize(conn_cls, errors)
+        _patch_initialize(conn_cls)
+        _patch_pending_join()
         return True
+
+
+def _patch_pending_join() -> None:
+    """Finish a consumer-group join that is in flight (kafka-python 3.0.12; report upstream).
+
+    ``BaseCoordinator.join_group_async`` drives JoinGroup/SyncGroup in a loop ``while
+    self.need_rejoin()``; when the caller's poll timeout expires it returns and leaves the join
+    task in flight, expecting the next ``poll`` to await it again. But the next ``poll`` only
+    re-enters when ``need_rejoin()`` is still true, and ``ConsumerCoordinator.need_rejoin``
+    recomputes it from scratch: for a rejoin that was started because the metadata snapshot
+    differed from the assignment snapshot (a member that joined before it had the topic's
+    partitions gets ``[]`` from the range assignor, then rejoins when the metadata arrives), a
+    later metadata update that makes the two snapshots equal again turns it false while the
+    JoinGroup is pending. The join is then abandoned: heartbeats stay disabled (they are off
+    during a join), the coordinator expires the member, the group goes Empty, and the client,
+    which never sees an error, polls forever with no partitions (seen after restarts: ``partitions
+    assigned: []``, ``partitions revoked: []``, then nothing). The Java client cannot do this: its
+    loop runs while ``rejoinNeededOrPending()``, i.e. also while a join future is pending. This
+    patch gives kafka-python the same rule: a started rebalance (``rejoining``) or an unfinished
+    join task keeps ``need_rejoin()`` true until the join completes.
+    """
+    try:
+        from kafka.coordinator.consumer import ConsumerCoordinator
+    except ImportError:
+        return
+    original = ConsumerCoordinator.need_rejoin
+    if getattr(original, "_interest_stream_patched", False):
+        return
+
+    @functools.wraps(original)
+    def need_rejoin(self):
+        task = getattr(self, "_join_task", None)
+        if getattr(self, "rejoining", False) or (task is not None and not task.is_done):
+            return True
+        return original(self)
+
+    need_rejoin._interest_stream_patched = True
+    ConsumerCoordinator.need_rejoin = need_rejoin
 
 
 def _patch_transport(tcp, errors) -> None:
@@ -82,11 +124,10 @@ def _patch_transport(tcp, errors) -> None:
     tcp._read_from_sock = _read_from_sock
 
 
-def _patch_initialize(conn_cls, errors) -> None:
+def _patch_initialize(conn_cls) -> None:
+    from consumers.kafka_config import is_fatal
+
     original = conn_cls.initialize
-    fatal = tuple(getattr(errors, name) for name in ("SaslAuthenticationFailedError", "AuthorizationError",
-                                                     "AuthenticationFailedError", "UnsupportedSaslMechanismError")
-                  if hasattr(errors, name))
 
     async def initialize(self, timeout_at=None):
         captured: list[BaseException] = []
@@ -103,7 +144,7 @@ def _patch_initialize(conn_cls, errors) -> None:
         finally:
             del self.close  # back to the class's method
         for error in captured:
-            if isinstance(error, fatal):
+            if is_fatal(error):
                 raise error  # KafkaConnectionManager._connect records it; bootstrap then raises it
 
     initialize.__doc__ = original.__doc__

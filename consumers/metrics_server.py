@@ -2,7 +2,9 @@
 
 - ``/metrics``: Prometheus text exposition of :class:`stream.metrics.ServiceMetrics`.
 - ``/healthz``: 200 while the processing loop is alive (it ticked within
-  ``stall_after_s``), 503 otherwise. A liveness probe restarts a stuck process.
+  ``stall_after_s``) and every registered health check passes (the consumer-group
+  watchdog: a loop that ticks outside its group is not healthy), 503 with the reason
+  otherwise. A liveness probe restarts a stuck process.
 - ``/readyz``: 200 once state is loaded and partitions are assigned, 503 before
   (and while shutting down). A readiness probe keeps traffic and rollouts waiting.
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -39,6 +42,7 @@ class MetricsServer:
         self.stall_after_s = stall_after_s
         self.ready = False
         self._last_tick = time.monotonic()
+        self._checks: list[Callable[[], str | None]] = []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -47,8 +51,8 @@ class MetricsServer:
                 if path == "/metrics":
                     self._reply(200, server.metrics.exposition(), CONTENT_TYPE_LATEST)
                 elif path == "/healthz":
-                    alive = server.alive()
-                    self._reply(200 if alive else 503, b"ok\n" if alive else b"stalled\n")
+                    problem = server.problem()
+                    self._reply(503 if problem else 200, f"{problem}\n".encode() if problem else b"ok\n")
                 elif path == "/readyz":
                     self._reply(200 if server.ready else 503, b"ready\n" if server.ready else b"not ready\n")
                 else:
@@ -83,7 +87,21 @@ class MetricsServer:
         self._last_tick = time.monotonic()
 
     def alive(self) -> bool:
-        return time.monotonic() - self._last_tick < self.stall_after_s
+        return self.problem() is None
+
+    def add_health_check(self, check: Callable[[], str | None]) -> None:
+        """Register ``check() -> None`` (healthy) or a reason string (``/healthz`` then answers 503)."""
+        self._checks.append(check)
+
+    def problem(self) -> str | None:
+        """Why the process is not healthy, or None."""
+        if time.monotonic() - self._last_tick >= self.stall_after_s:
+            return "stalled: the processing loop has not ticked for %.0f s" % (time.monotonic() - self._last_tick)
+        for check in self._checks:
+            reason = check()
+            if reason:
+                return reason
+        return None
 
     def set_ready(self, ready: bool) -> None:
         self.ready = ready

@@ -23,6 +23,17 @@ assignments topic, both co-partitioned with the events topic; the model from the
 changelog on first start) and drops the users of partitions it lost; it reports ready
 only afterwards.
 
+This module is the wiring and the loop; the parts live beside it, each with its reasoning:
+
+- :mod:`consumers.member_clients` — topics, producer, consumer built from the settings;
+- :mod:`consumers.kafka_retry` — retrying with backoff, fatal errors;
+- :mod:`consumers.partition_state` — owned partitions, restore, the rebuild after a failure;
+- :mod:`consumers.batch_outputs` — the records a batch publishes, each in its user's partition;
+- :mod:`consumers.batch_committer` — the transaction and the one commit-or-recover policy;
+- :mod:`consumers.catalog_follower` — the item catalog;
+- :mod:`consumers.group_watchdog` — a member outside its group gets back in (or out);
+- :mod:`consumers.service_metrics` — what the batches tell Prometheus.
+
 Embedding a large batch never gets the member evicted: the batch runs on a helper
 thread while the loop pauses its partitions and keeps calling ``poll`` often enough
 for ``max.poll.interval.ms``. The item catalog topic is read to its end before the first
@@ -41,151 +52,35 @@ from __future__ import annotations
 import concurrent.futures
 import gc
 import logging
-import random
 import signal
 import threading
 import time
-from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
-import msgspec
-
-from consumers.changelog import read_from, read_latest, restore_assignments, restore_profiles
-from consumers.kafka_compat import finish_transaction_step
+from consumers.batch_committer import BatchCommitter, Send, dlq_headers, offsets_of
+from consumers.batch_outputs import BatchOutputs
+from consumers.catalog_follower import CatalogFollower
+from consumers.group_watchdog import GroupWatchdog, describe_group
+from consumers.kafka_retry import FatalKafkaError, KafkaRetry
+from consumers.member_clients import make_events_consumer, make_producer, set_up_topics, transaction_wait_s
 from consumers.metrics_server import MetricsServer
+from consumers.partition_state import PartitionState
+from consumers.partitioning import UserPartitioner
+from consumers.service_metrics import ServiceObserver
 from consumers.settings import ServiceSettings
-from consumers.topics import COMPACT_TUNING, TopicMismatchError, TopicSpec, ensure_topics
-from stream.events import BehaviourEvent, ForgetEvent, decode_event
+from consumers.topics import TopicMismatchError
+from stream.events import RejectReason, decode_event
 from stream.metrics import ServiceMetrics
-from stream.model_state import (
-    ModelStateError,
-    apply_model_update,
-    model_state_to_bytes,
-    model_update_to_bytes,
-    restore_model_state,
-)
-from stream.profiles import profile_to_bytes
-from stream.records import encode_record
 
 log = logging.getLogger("interest_stream.service")
 
-
-class FatalKafkaError(RuntimeError):
-    """A Kafka error that retrying cannot fix (bad credentials, authorisation)."""
+__all__ = ["FatalKafkaError", "GroupMembershipLost", "InterestService"]
 
 
-def _is_fatal(exc: BaseException) -> bool:
-    from kafka import errors as kerr
-
-    fatal = tuple(
-        getattr(kerr, name)
-        for name in (
-            "AuthenticationFailedError",
-            "SaslAuthenticationFailedError",
-            "TopicAuthorizationFailedError",
-            "TransactionalIdAuthorizationFailedError",
-            "GroupAuthorizationFailedError",
-            "ClusterAuthorizationFailedError",
-            "UnsupportedSaslMechanismError",
-            "IllegalSaslStateError",
-        )
-        if hasattr(kerr, name)
-    )
-    return isinstance(exc, fatal)
-
-
-class Backoff:
-    """Capped exponential backoff with jitter: 0.5 s, 1 s, 2 s ... ``cap``."""
-
-    def __init__(self, cap: float = 30.0, first: float = 0.5) -> None:
-        self.cap, self.first, self.attempt = cap, first, 0
-
-    def next_delay(self) -> float:
-        delay = min(self.cap, self.first * (2**self.attempt))
-        self.attempt += 1
-        return delay * (0.8 + 0.4 * random.random())
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-
-class CatalogFollower:
-    """Reads the compacted item catalog topic into the pipeline's catalog and follows it."""
-
-    def __init__(self, settings: ServiceSettings, catalog, on_bad: Callable[[Any, str, str], None]) -> None:
-        from kafka import KafkaConsumer, TopicPartition
-
-        self.catalog = catalog
-        self.on_bad = on_bad
-        self.consumer = KafkaConsumer(
-            client_id=f"{settings.client_id}-catalog",
-            max_partition_fetch_bytes=settings.max_request_size,
-            enable_auto_commit=False,
-            group_id=None,
-            isolation_level="read_committed",
-            **settings.kafka_client_options(),
-        )
-        parts = self.consumer.partitions_for_topic(settings.items_topic) or set()
-        self.partitions = [TopicPartition(settings.items_topic, p) for p in sorted(parts)]
-        self.consumer.assign(self.partitions)
-        if self.partitions:
-            self.consumer.seek_to_beginning(*self.partitions)
-
-    def load_all(self, timeout_s: float = 120.0) -> int:
-        """Read every partition up to the end offsets taken now; returns items loaded."""
-        if not self.partitions:
-            return 0
-        end = self.consumer.end_offsets(self.partitions)
-        deadline = time.monotonic() + timeout_s
-        n = 0
-        while time.monotonic() < deadline:
-            if all(self.consumer.position(tp) >= end[tp] for tp in self.partitions):
-                break
-            n += self.follow(timeout_ms=200)
-        return n
-
-    def follow(self, timeout_ms: int = 0) -> int:
-        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=5000)
-        n = 0
-        for records in polled.values():
-            for rec in records:
-                n += self._apply(rec)
-        return n
-
-    def _apply(self, rec) -> int:
-        item_id = rec.key.decode("utf-8", "replace") if rec.key else None
-        if rec.value is None:
-            if item_id:
-                self.catalog.remove(item_id)
-            return 0
-        try:
-            value = msgspec.json.decode(rec.value)
-        except (msgspec.DecodeError, UnicodeDecodeError):
-            self.on_bad(rec, "bad_catalog_record", "catalog value is not JSON")
-            return 0
-        if isinstance(value, str):
-            value = {"text": value}
-        if not isinstance(value, dict):
-            self.on_bad(rec, "bad_catalog_record", "catalog value is not a JSON object or string")
-            return 0
-        item_id = str(value.get("item_id") or item_id or "")
-        text = value.get("text")
-        if not item_id or not isinstance(text, str) or not text.strip():
-            self.on_bad(rec, "bad_catalog_record", "catalog record needs an item id (key) and a non-empty text")
-            return 0
-        meta = {k: v for k, v in value.items() if k not in ("item_id", "text")}
-        self.catalog.upsert(item_id, text, meta or None)
-        return 1
-
-    def close(self) -> None:
-        self.consumer.close()
-
-
-Send = tuple[str, bytes | None, bytes | None, list, int | None]  # topic, key, value, headers, partition
-
-
-class StateCorrupted(RuntimeError):
-    """A batch could not be committed: in-memory state is ahead of Kafka and must be rebuilt."""
+class GroupMembershipLost(RuntimeError):
+    """The member stayed outside its consumer group (or idle while partitions had no owner) even after a
+    forced rejoin: exit non-zero so the supervisor starts a fresh process."""
 
 
 class InterestService:
@@ -193,36 +88,30 @@ class InterestService:
 
     def __init__(self, settings: ServiceSettings, *, metrics: ServiceMetrics | None = None,
                  pipeline=None) -> None:
-        self.settings = settings
+        s = self.settings = settings
         self.metrics = metrics or ServiceMetrics()
         self._pipeline = pipeline
         self._encoder = pipeline.encoder if pipeline is not None else None
         self._stop = threading.Event()
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
-        self.consumer = None
-        self.producer = None
-        self.catalog_follower: CatalogFollower | None = None
         self.server: MetricsServer | None = None
+        self.consumer = None
+        self.admin = None  # for the group watchdog's DescribeGroups requests
+        self.catalog_follower: CatalogFollower | None = None
+        self.outputs: BatchOutputs | None = None  # once the events topic's partition count is known
         self.batches = 0
-        self.exactly_once = settings.processing_guarantee == "exactly_once"
-        self.profiles_topic, self.model_topic, self.updates_topic = settings.changelog_topics()
-        self._writer = settings.transactional_id.encode()
-        self._updates_hint = 0  # offset of the last committed model update record
-        self._lag_at = 0.0
-        self._lag_labels: set[tuple[str, str]] = set()
-        self._owned: set[int] = set()  # events partitions whose users' state is held here
-        self._user_partition: dict[str, int] = {}
-        self._model_restored = False
-        self._since_model_snapshot = 0
-        self._pending_dead_letters: list[Send] = []
-        self._batch_rebalances = 0
-        self._pending_assignment: set[int] | None = None
-        self._seek_committed = False  # after a recovery: re-read owned partitions from their committed offsets
-        self._rebalances = 0  # partition revocations seen; a batch that spans one is not committed
+        self.retry = KafkaRetry(self.metrics, self._stop, cap_s=s.connect_backoff_max_s)
+        self.observer = ServiceObserver(self.metrics)
+        self.partitions = PartitionState(s, self.metrics, retry=self.retry, set_ready=self._set_ready,
+                                         on_revoked=self.observer.revoked)
+        self.committer = BatchCommitter(
+            exactly_once=s.processing_guarantee == "exactly_once", make_producer=lambda: make_producer(s),
+            consumer=None, metrics=self.metrics, retry=self.retry, transaction_wait_s=transaction_wait_s(s))
+        stuck_after = s.group_stuck_timeout_s or max(30.0, 3 * s.session_timeout_ms / 1000.0)
+        self.watchdog = GroupWatchdog(stuck_after_s=stuck_after, check_every_s=max(10.0, stuck_after / 2))
         self._sweep: list[str] = []  # users still to re-assess in the current idle sweep
         self._swept_version = -1  # model version the last complete idle sweep used
         self._sweep_version = -1
-        self._prev = {"cache_hits": 0, "cache_misses": 0, "truncated": 0}
 
     # ----------------------------------------------------------------- lifecycle
     def request_stop(self, *_: Any) -> None:
@@ -243,8 +132,9 @@ class InterestService:
 
         # The matrix products here are small: BLAS threads only fight torch for the cores.
         threadpool_limits(1, user_api="blas")
-        self._zero_labelled_series()
+        self.observer.zero_labelled_series([*(r.value for r in RejectReason), "bad_catalog_record"])
         self.server = MetricsServer(self.metrics, host=s.metrics_host, port=s.metrics_port)
+        self.server.add_health_check(self._group_problem)
         self.server.start()
         log.info("metrics on %s/metrics (health: /healthz, readiness: /readyz)", self.server.url)
         try:
@@ -267,185 +157,68 @@ class InterestService:
         except FatalKafkaError as exc:
             log.error("%s", exc)
             return 2
+        except GroupMembershipLost as exc:
+            log.error("%s; exiting so that a fresh process joins the group", exc)
+            return 3
         finally:
             self._shutdown()
 
-    def _zero_labelled_series(self) -> None:
-        """Create every known labelled series at 0, so ``rate()`` sees the first increase."""
-        from stream.events import RejectReason
-
-        for reason in RejectReason:
-            self.metrics.rejected.labels(reason=reason.value)
-        self.metrics.rejected.labels(reason="bad_catalog_record")
-        for operation in ("connect", "produce", "commit", "recover"):
-            self.metrics.kafka_retries.labels(operation=operation)
-        self.metrics.restore_progress.set(0)
-
-    def _retrying(self, operation: str, fn: Callable[[], Any]) -> Any:
-        """Call ``fn`` until it succeeds, backing off; None if a stop was requested meanwhile."""
-        backoff = Backoff(cap=self.settings.connect_backoff_max_s)
-        while True:
-            try:
-                result = fn()
-                self.metrics.kafka_connected.set(1)
-                return result
-            except FatalKafkaError:
-                raise
-            except Exception as exc:
-                if _is_fatal(exc):
-                    raise FatalKafkaError(
-                        f"Kafka refused {operation}: {type(exc).__name__}: {exc} — authentication or "
-                        "authorisation failed; check the credentials and ACLs (sasl_plain_username / "
-                        "sasl_plain_password / security_protocol)"
-                    ) from exc
-                self.metrics.kafka_connected.set(0)
-                self.metrics.kafka_retries.labels(operation=operation).inc()
-                delay = backoff.next_delay()
-                log.warning("Kafka %s failed (%s: %s); retrying in %.1f s", operation, type(exc).__name__, exc, delay)
-                if self._stop.wait(delay):
-                    return None
-
-    # ----------------------------------------------------------------- connecting
-    def _topic_specs(self, admin) -> list[TopicSpec]:
-        """The topics this member needs; co-partitioned ones get the events topic's partition count."""
-        s = self.settings
-        compact = COMPACT_TUNING
-        events = TopicSpec("events", s.events_topic, s.events_partitions, "delete", s.replication_factor)
-        ensure_topics(admin, [events], create=s.create_topics)
-        described = admin.describe_topics([s.events_topic])
-        n = len(described[0].get("partitions") or []) or s.events_partitions
-        big = {**compact, "max.message.bytes": str(s.max_request_size)}
-        return [
-            events,
-            TopicSpec("assignments", s.assignments_topic, n, "compact", s.replication_factor, configs=compact),
-            TopicSpec("profiles changelog", self.profiles_topic, n, "compact", s.replication_factor, configs=compact),
-            TopicSpec("model changelog", self.model_topic, 1, "compact", s.replication_factor, configs=big),
-            TopicSpec("model updates", self.updates_topic, 1, "delete", s.replication_factor,
-                      configs={"max.message.bytes": str(s.max_request_size), "retention.ms": str(7 * 86_400_000)}),
-            TopicSpec("centroids", s.centroids_topic, s.centroids_partitions, "compact", s.replication_factor,
-                      configs=compact),
-            TopicSpec("dead_letters", s.dead_letter_topic, s.dead_letter_partitions, "delete", s.replication_factor),
-            TopicSpec("items", s.items_topic, s.items_partitions, "compact", s.replication_factor, configs=compact),
-        ]
-
-    def _check_copartitioned(self, admin, n_events: int) -> None:
-        names = [self.settings.assignments_topic, self.profiles_topic]
-        for topic in admin.describe_topics(names):
-            n = len(topic.get("partitions") or [])
-            if n < n_events:
-                raise TopicMismatchError(
-                    f"topic {topic['name']!r} has {n} partitions but the events topic has {n_events}: the "
-                    "assignments topic and the profiles changelog must have at least as many partitions as "
-                    "the events topic (they are co-partitioned with it); add partitions or use new topics"
-                )
-
-    @property
-    def _transaction_wait_s(self) -> float:
-        """Longest wait for a transactional step before the producer is dropped and the batch redone."""
-        return max(15.0, 2 * self.settings.transaction_timeout_ms / 1000.0)
-
-    def _make_producer(self):
-        from kafka import KafkaProducer
-
-        s = self.settings
-        options: dict[str, Any] = {
-            "client_id": f"{s.client_id}-producer", "acks": "all", "linger_ms": 5,
-            "max_request_size": s.max_request_size, **s.kafka_client_options(),
-        }
-        if self.exactly_once:
-            # A new transaction right after a commit often meets CONCURRENT_TRANSACTIONS while the
-            # markers are written: retry it in 20 ms, not the default 100 ms.
-            options.update(transactional_id=s.transactional_id, transaction_timeout_ms=s.transaction_timeout_ms,
-                           retry_backoff_ms=20)
-        else:
-            options.update(retries=5, max_in_flight_requests_per_connection=1)
-        producer = KafkaProducer(**options)
-        if self.exactly_once:
-            try:
-                producer.init_transactions()  # fences a predecessor with the same id, aborting its open transaction
-            except Exception:
-                producer.close(timeout=0)
-                raise
-        return producer
+    def _set_ready(self, ready: bool) -> None:
+        if self.server is not None:
+            self.server.set_ready(ready)
 
     def _connect(self) -> bool:
+        from kafka import KafkaAdminClient
+
         from consumers.kafka_compat import install as install_kafka_fixes
 
-        install_kafka_fixes()  # kafka-python 3.0.x: refused SASL credentials raise instead of timing out
-        from kafka import KafkaAdminClient, KafkaConsumer
-        from kafka.consumer.subscription_state import ConsumerRebalanceListener
-
+        install_kafka_fixes()  # kafka-python 3.0.x: refused SASL credentials; joins abandoned half-way
         s = self.settings
         opts = s.kafka_client_options()
 
-        def admin_setup() -> bool:
+        def admin_setup() -> int:
             admin = KafkaAdminClient(client_id=f"{s.client_id}-admin", **opts)
             try:
-                specs = self._topic_specs(admin)
-                created = ensure_topics(admin, specs, create=s.create_topics)
-                if created:
-                    log.info("created topics: %s", ", ".join(created))
-                self._check_copartitioned(admin, specs[1].partitions)
+                return set_up_topics(s, admin)
             finally:
                 admin.close()
-            return True
 
         try:
-            if self._retrying("connect", admin_setup) is None:
-                return False
+            n_partitions = self.retry.call("connect", admin_setup)
         except TopicMismatchError as exc:
             raise FatalKafkaError(f"topic configuration: {exc}") from exc
-        self.producer = self._retrying("connect", self._make_producer)
-        if self.producer is None:
+        if n_partitions is None:
             return False
-        self.catalog_follower = self._retrying("connect", lambda: CatalogFollower(
-            s, self._pipeline.catalog, self._dead_letter_raw))
+        users = UserPartitioner(n_partitions)
+        self.partitions.users = users
+        profiles, model, updates = s.changelog_topics()
+        topics = SimpleNamespace(profiles=profiles, assignments=s.assignments_topic, centroids=s.centroids_topic,
+                                 dead_letters=s.dead_letter_topic, model=model, updates=updates)
+        self.outputs = BatchOutputs(topics, users, writer=s.transactional_id.encode(),
+                                    model_snapshot_every=s.model_snapshot_every)
+        if not self.committer.start():
+            return False
+        self.catalog_follower = self.retry.call("connect", lambda: CatalogFollower(
+            s, self._pipeline.catalog, self._dead_letter_catalog_record))
         if self.catalog_follower is None:
             return False
         t0 = time.monotonic()
         n_items = self.catalog_follower.load_all()
         log.info("item catalog loaded: %d records applied, %d items, %.2f s",
                  n_items, len(self._pipeline.catalog), time.monotonic() - t0)
-
-        service = self
-
-        class Listener(ConsumerRebalanceListener):
-            def on_partitions_revoked(self, revoked):
-                service._rebalances += 1
-                log.info("partitions revoked: %s", sorted((tp.topic, tp.partition) for tp in revoked))
-                service.server.set_ready(False)
-                for tp in revoked:
-                    key = (tp.topic, str(tp.partition))
-                    if key in service._lag_labels:
-                        service.metrics.lag.remove(*key)
-                        service._lag_labels.discard(key)
-
-            def on_partitions_assigned(self, assigned):
-                # Runs inside poll, on the client's network loop: only note the assignment and pause the
-                # partitions; the main loop restores their state before resuming them (heartbeats go on).
-                log.info("partitions assigned: %s", sorted((tp.topic, tp.partition) for tp in assigned))
-                if assigned:
-                    service.consumer.pause(*assigned)
-                service._pending_assignment = {tp.partition for tp in assigned if tp.topic == s.events_topic}
-
-        def make_consumer():
-            consumer = KafkaConsumer(
-                group_id=s.group_id, client_id=f"{s.client_id}-events", enable_auto_commit=False,
-                auto_offset_reset="earliest", max_poll_records=s.batch_max_events,
-                max_poll_interval_ms=s.max_poll_interval_ms, session_timeout_ms=s.session_timeout_ms,
-                heartbeat_interval_ms=max(1000, s.session_timeout_ms // 3),
-                isolation_level="read_committed", **opts)
-            consumer.subscribe([s.events_topic], listener=Listener())
-            return consumer
-
-        self.consumer = self._retrying("connect", make_consumer)
-        return self.consumer is not None
+        listener = self.partitions.listener()
+        self.consumer = self.retry.call("connect", lambda: make_events_consumer(s, listener))
+        if self.consumer is None:
+            return False
+        self.partitions.consumer = self.committer.consumer = self.consumer
+        self.admin = self.retry.call("connect", lambda: KafkaAdminClient(client_id=f"{s.client_id}-watchdog", **opts))
+        return self.admin is not None
 
     def _shutdown(self) -> None:
-        if self.server is not None:
-            self.server.set_ready(False)
+        self._set_ready(False)
         for name, closer in (("consumer", lambda: self.consumer and self.consumer.close(autocommit=False)),
-                             ("producer", lambda: self.producer and self.producer.close(timeout=10)),
+                             ("producer", self.committer.close),
+                             ("admin", lambda: self.admin and self.admin.close()),
                              ("catalog", lambda: self.catalog_follower and self.catalog_follower.close())):
             try:
                 closer()
@@ -456,166 +229,45 @@ class InterestService:
             self.server.stop()
         log.info("stopped after %d batches", self.batches)
 
-    # ----------------------------------------------------------------- state
-    def _apply_assignment(self) -> None:
-        """Drop the users of partitions lost, restore the partitions gained, resume, report ready."""
-        assigned, self._pending_assignment = self._pending_assignment, None
-        lost, gained = self._owned - assigned, assigned - self._owned
-        if lost:
-            self._drop_partitions(lost)
-        self._owned = self._owned - lost
-        if gained or not self._model_restored:
-            ok = self._retrying("restore", lambda: self._restore(sorted(gained)))
-            if ok is None:
-                return
-        if self._seek_committed:
-            if self._retrying("recover", lambda: self._seek_to_committed(assigned)) is None:
-                return
-            self._seek_committed = False
-        self._owned = set(assigned)
-        paused = self.consumer.paused()
-        if paused:
-            self.consumer.resume(*paused)
-        self.server.set_ready(bool(assigned))
-
-    def _drop_partitions(self, partitions: set[int]) -> None:
-        pipe = self._pipeline
-        users = [u for u, p in self._user_partition.items() if p in partitions]
-        for user in users:
-            pipe.profiles.forget(user)
-            pipe.tracker.forget(user)
-            del self._user_partition[user]
-        log.info("dropped the state of %d users of partitions %s (no longer owned)", len(users), sorted(partitions))
-
-    def _restore(self, partitions: list[int]) -> bool:
-        """Restore profiles and last assignments of ``partitions`` (and the model, once)."""
-        s = self.settings
-        pipe = self._pipeline
-        opts = s.kafka_client_options()
-        t0 = time.monotonic()
-        m = self.metrics
-        m.restore_progress.set(0.0)
-        self.server.set_ready(False)
-
-        def progress(done: int, total: int) -> None:
-            m.restore_progress.set(done / total if total else 1.0)
-
-        try:
-            owners = restore_profiles(opts, self.profiles_topic, partitions, pipe.profiles, progress=progress)
-        except ValueError as exc:
-            raise FatalKafkaError(f"cannot restore profiles: {exc}; use a new group id or changelog topic") from exc
-        self._user_partition.update(owners)
-        n_assigned = restore_assignments(opts, s.assignments_topic, partitions, pipe.tracker)
-        if not self._model_restored:
-            self._restore_model(opts)
-            self._model_restored = True
-        took = time.monotonic() - t0
-        m.restore_progress.set(1.0)
-        m.restore_seconds.set(took)
-        m.users.set(len(pipe.profiles))
-        log.info("restored partitions %s: %d profiles, %d assignments, model version %d, %.2f s",
-                 partitions, len(owners), n_assigned, pipe.model.version, took)
-        return True
-
-    def _restore_model(self, opts: dict) -> None:
-        """The latest model snapshot, then its writer's logged trainer steps after it: the exact model."""
-        s = self.settings
-        pipe = self._pipeline
-        model = read_latest(opts, self.model_topic, [0], max_fetch_bytes=2 * s.max_request_size)
-        data = model.get(b"model", (0, None))[1]
-        writer, start = s.transactional_id, 0
-        if data is not None:
-            try:
-                writer, start = restore_model_state(pipe, data)
-            except ModelStateError as exc:
-                raise FatalKafkaError(f"cannot restore the model from {self.model_topic}: {exc}") from exc
-            writer = writer or s.transactional_id
-        steps = read_from(opts, self.updates_topic, 0, start, key=writer.encode(),
-                          max_fetch_bytes=2 * s.max_request_size)
-        replayed = 0
-        for value in steps:
-            before = pipe.trainer.updates
-            try:
-                if apply_model_update(pipe, value) > before:
-                    replayed += 1
-            except (ModelStateError, ValueError) as exc:
-                log.warning("model update log of %s stops early (%s); continuing from step %d",
-                            writer, exc, pipe.trainer.updates)
-                break
-        log.info("model restored: snapshot %s, %d logged steps replayed (writer %s), version %d",
-                 "found" if data is not None else "absent", replayed, writer, pipe.model.version)
-
-    def _recover(self, reason: BaseException) -> None:
-        """A batch was not committed: abort it, drop all state, and let the loop rebuild it from Kafka.
-
-        The rebuild is an ordinary assignment: every owned partition is restored from the changelogs
-        (which hold exactly what was committed) and re-read from its committed offset.
-        """
-        from stream.pipeline import Pipeline
-
-        log.warning("batch not committed (%s: %s): rebuilding state from the changelogs", type(reason).__name__, reason)
-        self.server.set_ready(False)
-        old = self.producer
-        if self.exactly_once and old is not None:
-            try:
-                finish_transaction_step(old, "abort", self._transaction_wait_s)
-            except Exception as exc:
-                log.info("abort failed (%s); the new producer fences the transaction instead", exc)
-        if old is not None:
-            try:
-                old.close(timeout=0)
-            except Exception:
-                pass
-        self.producer = self._retrying("recover", self._make_producer)
-        if self.producer is None:
-            return
-        self._pipeline = Pipeline(self.settings.clustering, self._encoder, self._pipeline.catalog)
-        self._user_partition.clear()
-        self._model_restored = False
-        self._sweep, self._swept_version = [], -1
-        self._prev = dict.fromkeys(self._prev, 0)  # the new pipeline's counters start at zero
-        owned = self._pending_assignment if self._pending_assignment is not None else set(self._owned)
-        self._owned = set()
-        self._pending_assignment = owned
-        self._seek_committed = True
-        assigned = self.consumer.assignment()
-        if assigned:
-            self.consumer.pause(*assigned)
-
-    def _seek_to_committed(self, partitions: set[int]) -> bool:
-        from kafka import TopicPartition
-
-        for p in partitions:
-            tp = TopicPartition(self.settings.events_topic, p)
-            if tp not in self.consumer.assignment():
-                continue
-            committed = self.consumer.committed(tp)
-            if committed is None:
-                self.consumer.seek_to_beginning(tp)
-            else:
-                self.consumer.seek(tp, committed)
-        return True
-
     # ----------------------------------------------------------------- the loop
     def _loop(self) -> None:
         while not self._stop.is_set():
             self.server.tick()
-            if self._pending_assignment is not None:
-                self._apply_assignment()
+            if self.partitions.needs_apply:
+                self.partitions.apply_pending(self.consumer, self._pipeline)
                 continue
             self.catalog_follower.follow(timeout_ms=0)
-            if self._pending_dead_letters and self.exactly_once:
-                self._flush_pending_dead_letters()
+            if self.committer.pending_dead_letters:
+                self._commit([], {})
+            # A revocation seen by any poll from here on (including the ones that collect this batch)
+            # means some of these records may belong to another member now: see _process.
+            rebalances = self.partitions.rebalances
             records = self._collect_batch()
             if records:
-                self._process(records)
+                self._process(records, rebalances)
             elif not self._stop.is_set():
                 self._idle_sweep()
-            self._update_lag()
+            self.observer.lag(self.consumer)
+            self._watch_group()
+
+    def _commit(self, sends: list[Send], offsets: dict) -> list | None:
+        """Commit with the committer's policy; on failure rebuild the state from Kafka. The futures, or None."""
+        commit = self.committer.commit_or_recover(sends, offsets)
+        if commit.failure is not None:
+            self._rebuild()
+        return commit.futures if commit.ok else None
+
+    def _rebuild(self) -> None:
+        """The in-memory state is ahead of Kafka: drop it; the loop restores every owned partition."""
+        from stream.pipeline import Pipeline
+
+        self._pipeline = Pipeline(self.settings.clustering, self._encoder, self._pipeline.catalog)
+        self.observer.new_pipeline()
+        self._sweep, self._swept_version = [], -1
+        self.partitions.rebuild(self.consumer)
 
     def _collect_batch(self) -> list:
         s = self.settings
-        self._batch_rebalances = self._rebalances
         records: list = []
         deadline: float | None = None
         while not self._stop.is_set():
@@ -633,6 +285,41 @@ class InterestService:
         # Within a partition Kafka order is kept; across partitions, order by timestamp for determinism.
         records.sort(key=lambda r: (r.timestamp, r.partition, r.offset))
         return records
+
+    def _process(self, records: list, rebalances: int) -> None:
+        """One batch: apply it, publish its outputs and commit its offsets, unless the group rebalanced
+        since ``rebalances`` (the count taken before its records were polled)."""
+        from stream.worker import SourceRecord
+
+        s = self.settings
+        t0 = time.monotonic()
+        # Only the owner partition of a user may apply its events (one place for each user's state):
+        # a valid event elsewhere is dead-lettered (wrong_partition), never applied here.
+        local, misrouted = self.outputs.users.split(records)
+        if s.unknown_item_policy == "wait":
+            self._wait_for_catalog(local)
+        source = [SourceRecord(value=r.value, key=r.key, timestamp_ms=r.timestamp, topic=r.topic,
+                               partition=r.partition, offset=r.offset) for r in local]
+        now_ms = int(time.time() * 1000)
+        out = self._run_batch(source, now_ms)
+        sends = self.outputs.misrouted(misrouted) + self.outputs.batch(out, self._pipeline, now_ms)
+        if self.partitions.rebalanced_since(rebalances):
+            # The group rebalanced while this batch was polled or processed: some of its partitions may
+            # be another member's now, and that member restores them from what is committed. Committing
+            # here could lose or double events there, so drop the batch and rebuild from Kafka instead.
+            log.warning("the group rebalanced during the batch: dropping it and rebuilding state from Kafka")
+            self._rebuild()
+            return
+        futures = self._commit(sends, offsets_of(records))
+        if futures is None:
+            return  # not committed: rebuilt from Kafka, or stopping while Kafka is unreachable
+        publish_ms = time.time() * 1000
+        self.metrics.last_commit.set(time.time())
+        self.outputs.committed(sends, futures)
+        self.batches += 1
+        if misrouted:
+            self.metrics.rejected.labels(reason=RejectReason.WRONG_PARTITION.value).inc(len(misrouted))
+        self.observer.batch(records, out, self._pipeline, publish_ms, time.monotonic() - t0)
 
     def _wait_for_catalog(self, records: list) -> None:
         """With unknown_item_policy=wait: follow the catalog until the batch's items are known (bounded)."""
@@ -676,7 +363,7 @@ class InterestService:
         (up to the hysteresis margin). It starts again whenever the model version changed.
         """
         pipe = self._pipeline
-        if not pipe.model.is_initialised or self._pending_assignment is not None:
+        if not pipe.model.is_initialised or self.partitions.needs_apply:
             return
         if not self._sweep:
             if self._swept_version == pipe.model.version:
@@ -686,248 +373,56 @@ class InterestService:
         users, self._sweep = self._sweep[:chunk], self._sweep[chunk:]
         changes = pipe.reassess(users, int(time.time() * 1000))
         if changes:
-            sends = [(self.settings.assignments_topic, c.user_id.encode(), encode_record(c), [],
-                      self._user_partition.get(c.user_id)) for c in changes]
-            try:
-                if self._commit_batch(sends, {}) is None:
-                    return
-            except FatalKafkaError:
-                raise
-            except Exception as exc:
-                self._recover(exc)
+            if self._commit(self.outputs.changes(changes), {}) is None:
                 return
             self.metrics.changes.inc(len(changes))
-            self._observe_clusters()
+            self.observer.clusters(pipe)
         if not self._sweep:
             self._swept_version = self._sweep_version
 
-    def _observe_clusters(self) -> None:
-        pipe = self._pipeline
-        for cluster, size in enumerate(pipe.tracker.cluster_sizes(pipe.model.n_clusters)):
-            self.metrics.cluster_size.labels(cluster=str(cluster)).set(int(size))
-
-    @staticmethod
-    def _batch_users(records: list) -> dict[str, int]:
-        """User id → events partition for the records of a batch (from the key, else the payload)."""
-        users: dict[str, int] = {}
-        for r in records:
-            if r.key:
-                try:
-                    users[r.key.decode("utf-8")] = r.partition
-                    continue
-                except UnicodeDecodeError:
-                    pass
-            event = decode_event(r.value, record_ts_ms=r.timestamp)
-            if isinstance(event, BehaviourEvent | ForgetEvent):
-                users[event.user_id] = r.partition
-        return users
-
-    def _process(self, records: list) -> None:
-        from stream.worker import SourceRecord
-
-        s = self.settings
-        t0 = time.monotonic()
-        if s.unknown_item_policy == "wait":
-            self._wait_for_catalog(records)
-        source = [SourceRecord(value=r.value, key=r.key, timestamp_ms=r.timestamp, topic=r.topic,
-                               partition=r.partition, offset=r.offset) for r in records]
-        now_ms = int(time.time() * 1000)
-        out = self._run_batch(source, now_ms)
-        batch_users = self._batch_users(records)
-        sends = self._outputs(out, batch_users, now_ms)
-        offsets = self._offsets(records)
-        if self._rebalances != self._batch_rebalances:
-            # The group rebalanced while this batch was polled or processed: some of its partitions may
-            # be another member's now, and that member restores them from what is committed. Committing
-            # here could lose or double events there, so drop the batch and rebuild from Kafka instead.
-            self._recover(RuntimeError("the group rebalanced during the batch"))
-            return
-        try:
-            futures = self._commit_batch(sends, offsets)
-            if futures is None:
-                return  # stopping while Kafka is unreachable (at-least-once): reprocessed on restart
-        except FatalKafkaError:
-            raise
-        except Exception as exc:
-            if _is_fatal(exc):
-                raise FatalKafkaError(f"Kafka refused the transaction: {type(exc).__name__}: {exc}") from exc
-            self.metrics.kafka_retries.labels(operation="commit").inc()
-            self._recover(exc)
-            return
-        publish_ms = time.time() * 1000
-        self.metrics.last_commit.set(time.time())
-        for (topic, *_), future in zip(sends, futures, strict=True):
-            if topic == self.updates_topic and future.is_done and future.succeeded():
-                self._updates_hint = future.value.offset
-        self.batches += 1
-        self._observe(records, out, publish_ms, time.monotonic() - t0)
-
-    def _outputs(self, out, batch_users: dict[str, int], now_ms: int) -> list[Send]:
-        s = self.settings
-        pipe = self._pipeline
-        sends: list[Send] = []
-        # Profiles changelog: every user of the batch that has a profile; a tombstone for one forgotten.
-        for user, partition in batch_users.items():
-            if user in pipe.profiles:
-                self._user_partition[user] = partition
-                sends.append((self.profiles_topic, user.encode(), profile_to_bytes(*pipe.profiles.raw(user)),
-                              [], partition))
-        for user in out.tombstones:
-            partition = self._user_partition.pop(user, batch_users.get(user))
-            sends.append((self.profiles_topic, user.encode(), None, [], partition))
-            sends.append((s.assignments_topic, user.encode(), None, [], partition))
-        for change in out.changes:
-            sends.append((s.assignments_topic, change.user_id.encode(), encode_record(change), [],
-                          self._user_partition.get(change.user_id)))
-        for snap in out.snapshots:
-            sends.append((s.centroids_topic, str(snap.cluster).encode(), encode_record(snap), [], None))
-        for rec, rejection in out.dead_letters:
-            sends.append((s.dead_letter_topic, rec.key, rec.value if rec.value is not None else b"",
-                          self._dlq_headers(rec.topic, rec.partition, rec.offset, rejection.reason,
-                                            rejection.detail), None))
-        sends.extend(self._pending_dead_letters)
-        self._pending_dead_letters = []
-        if out.stats is not None:  # the trainer step, so a restore can replay it exactly
-            sends.append((self.updates_topic, self._writer,
-                          model_update_to_bytes(pipe.trainer.updates, out.stats, out.label_stats, now_ms), [], 0))
-        self._since_model_snapshot += 1
-        if self._since_model_snapshot >= s.model_snapshot_every and pipe.model.is_initialised:
-            sends.append((self.model_topic, b"model", self._model_snapshot(), [], 0))
-            self._since_model_snapshot = 0
-        return sends
-
-    def _model_snapshot(self) -> bytes:
-        return model_state_to_bytes(self._pipeline, writer=self.settings.transactional_id,
-                                    updates_offset=self._updates_hint)
-
-    @staticmethod
-    def _offsets(records: list) -> dict:
-        from kafka import TopicPartition
-        from kafka.structs import OffsetAndMetadata
-
-        offsets: dict = {}
-        for r in records:
-            tp = TopicPartition(r.topic, r.partition)
-            offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
-        return {tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}
-
-    @staticmethod
-    def _dlq_headers(topic, partition, offset, reason: str, detail: str) -> list[tuple[str, bytes]]:
-        return [("reason", reason.encode()), ("detail", detail[:1000].encode("utf-8", "replace")),
-                ("source_topic", str(topic).encode()), ("source_partition", str(partition).encode()),
-                ("source_offset", str(offset).encode())]
-
-    def _dead_letter_raw(self, rec, reason: str, detail: str) -> None:
-        """Dead-letter a record outside a batch (the catalog follower's bad records)."""
-        self.metrics.rejected.labels(reason=reason).inc()
-        self._pending_dead_letters.append((self.settings.dead_letter_topic, rec.key, rec.value or b"",
-                                           self._dlq_headers(rec.topic, rec.partition, rec.offset, reason, detail),
-                                           None))
-        if not self.exactly_once:
-            sends, self._pending_dead_letters = self._pending_dead_letters, []
-            self._retrying("produce", lambda: self._send_and_flush(sends))
-
-    def _flush_pending_dead_letters(self) -> None:
-        sends, self._pending_dead_letters = self._pending_dead_letters, []
-        try:
-            self._commit_batch(sends, {})
-        except Exception as exc:
-            self._pending_dead_letters = sends + self._pending_dead_letters
-            log.warning("could not publish catalog dead letters yet: %s", exc)
-
-    def _send(self, sends: list[Send]) -> list:
-        return [self.producer.send(topic, key=key, value=value, headers=headers, partition=partition)
-                for topic, key, value, headers, partition in sends]
-
-    def _send_and_flush(self, sends: list[Send]) -> list:
-        futures = self._send(sends)
-        self.producer.flush(timeout=30)
-        for f in futures:
-            f.get(timeout=0)  # raises the delivery error, if any
-        return futures
-
-    def _commit_batch(self, sends: list[Send], offsets: dict) -> list | None:
-        """Publish ``sends`` and commit ``offsets``: one transaction, or flush-then-commit.
-
-        Returns the send futures (all acknowledged), or None when stopped while Kafka is unreachable.
-        """
-        if self.exactly_once:
-            producer = self.producer
-            producer.begin_transaction()
-            futures = self._send(sends)
-            bound_s = self._transaction_wait_s
-            if offsets:
-                finish_transaction_step(producer, "send_offsets", bound_s, offsets, self.consumer.group_metadata())
-            finish_transaction_step(producer, "commit", bound_s)
-            return futures
-        futures = self._retrying("produce", lambda: self._send_and_flush(sends)) if sends else []
-        if futures is None:
-            return None
-        if offsets:
-            from kafka.errors import CommitFailedError
-
-            def do_commit() -> bool:
-                try:
-                    self.consumer.commit(offsets)
-                except CommitFailedError as exc:
-                    # The group rebalanced under us: the new owner re-reads these records (at-least-once).
-                    log.warning("offset commit rejected after a rebalance (%s); records will be re-delivered", exc)
-                return True
-
-            self._retrying("commit", do_commit)
-        return futures
+    def _dead_letter_catalog_record(self, rec, reason: str, detail: str) -> None:
+        """A bad item catalog record: dead-lettered with the next commit (never dropped by a failed one)."""
+        self.committer.dead_letter(reason, Send(self.settings.dead_letter_topic, rec.key, rec.value or b"",
+                                                dlq_headers(rec.topic, rec.partition, rec.offset, reason, detail)))
 
     def _final_model_snapshot(self) -> None:
-        """At shutdown: write the model so the next start continues it (best effort)."""
+        """At shutdown: write the model so the next start continues it (best effort: the trainer-step log
+        after the last snapshot rebuilds the same model anyway)."""
         pipe = self._pipeline
-        if self.producer is None or pipe is None or not pipe.model.is_initialised or self._since_model_snapshot == 0:
+        if self.committer.producer is None or pipe is None or not pipe.model.is_initialised \
+                or self.outputs is None or not self.outputs.snapshot_pending():
+            return
+        if self.committer.commit_or_recover([self.outputs.model_snapshot(pipe)], {}).ok:
+            log.info("model version %d written to the model changelog", pipe.model.version)
+
+    # ----------------------------------------------------------------- group membership
+    def _watch_group(self) -> None:
+        """Ask the coordinator whether this member really is in the group (consumers/group_watchdog.py);
+        force a rejoin when it has been stuck for the bound, exit when that did not help either."""
+        dog, s = self.watchdog, self.settings
+        owned = 1 if self.partitions.needs_apply else len(self.consumer.assignment())
+        if not dog.due(owned):
             return
         try:
-            self._commit_batch([(self.model_topic, b"model", self._model_snapshot(), [], 0)], {})
-            log.info("model version %d written to %s", pipe.model.version, self.model_topic)
-        except Exception as exc:
-            log.warning("could not write the final model snapshot: %s", exc)
-
-    # ----------------------------------------------------------------- metrics
-    def _observe(self, records: list, out, publish_ms: float, seconds: float) -> None:
-        m = self.metrics
-        m.events_consumed.inc(len(records))
-        m.batch_size.observe(len(records))
-        m.batch_seconds.observe(seconds)
-        m.embed_seconds.observe(out.embed_seconds)
-        m.events_applied.inc(out.n_applied)
-        m.forgotten.inc(out.n_forgotten)
-        for _, rejection in out.dead_letters:
-            m.rejected.labels(reason=rejection.reason).inc()
-        m.changes.inc(len(out.changes))
-        for ts in out.applied_ts_ms:
-            m.latency.observe(max(0.0, (publish_ms - ts) / 1000.0))
-        pipe = self._pipeline
-        m.users.set(len(pipe.profiles))
-        m.model_version.set(pipe.model.version)
-        stats = pipe.counters_snapshot()
-        m.cache_hits.inc(max(0, stats["cache_hits"] - self._prev["cache_hits"]))
-        m.cache_misses.inc(max(0, stats["cache_misses"] - self._prev["cache_misses"]))
-        m.truncated.inc(max(0, stats["truncated"] - self._prev["truncated"]))
-        self._prev = {k: stats[k] for k in self._prev}
-        self._observe_clusters()
-        if out.movement is not None:
-            for cluster, moved in enumerate(out.movement):
-                m.movement.labels(cluster=str(cluster)).set(float(moved))
-
-    def _update_lag(self, every_s: float = 2.0) -> None:
-        now = time.monotonic()
-        if now - self._lag_at < every_s:
+            view = describe_group(self.admin, s.group_id, s.events_topic, self.outputs.users.n_partitions)
+            member_id = self.consumer.group_metadata().member_id
+        except Exception as exc:  # the broker may be unreachable: the retry paths deal with that
+            dog.last_check = time.monotonic()
+            log.debug("group watchdog: describe failed: %s", exc)
             return
-        self._lag_at = now
-        try:
-            for tp in self.consumer.assignment():
-                hw = self.consumer.highwater(tp)
-                if hw is None:
-                    continue
-                pos = self.consumer.position(tp, timeout_ms=1000)
-                key = (tp.topic, str(tp.partition))
-                self.metrics.lag.labels(*key).set(max(0, hw - pos))
-                self._lag_labels.add(key)
-        except Exception as exc:  # lag is best effort; never stop the loop for it
-            log.debug("lag update failed: %s", exc)
+        action = dog.observe(view, member_id, owned)
+        self.metrics.group_stuck_seconds.set(dog.stuck_for())
+        if action == "rejoin":
+            self.metrics.group_recoveries.labels(action="rejoin").inc()
+            log.warning("consumer group: %s for %.0f s; forcing a rejoin", dog.reason, dog.stuck_for())
+            self.consumer.unsubscribe()
+            self.consumer.subscribe([s.events_topic], listener=self.partitions.listener())
+        elif action == "exit":
+            self.metrics.group_recoveries.labels(action="exit").inc()
+            raise GroupMembershipLost(f"consumer group: {dog.reason} for {dog.stuck_for():.0f} s, a rejoin did not help")
+
+    def _group_problem(self) -> str | None:
+        """For /healthz: why this member is unhealthy from the group's point of view, or None."""
+        if self.watchdog.healthy():
+            return None
+        return f"stuck: {self.watchdog.reason} for {self.watchdog.stuck_for():.0f} s"

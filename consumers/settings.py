@@ -97,6 +97,11 @@ class ServiceSettings(BaseSettings):
     connect_backoff_max_s: float = Field(
         30.0, gt=0, description="Longest wait between retries while Kafka is unreachable."
     )
+    group_stuck_timeout_s: float = Field(
+        0.0, ge=0, description="How long the member may stay outside its consumer group, or own no partitions while "
+        "some belong to no member, before it forces a rejoin (and, after as long again, exits with code 3 so the "
+        "supervisor restarts it). 0: three session timeouts, at least 30 s.",
+    )
 
     # --- topics -----------------------------------------------------------------------
     events_topic: str = Field("events", description="Input topic of behaviour events (key = user id).")
@@ -105,7 +110,6 @@ class ServiceSettings(BaseSettings):
     dead_letter_topic: str = Field("dead-letters", description="Output topic of rejected input.")
     items_topic: str = Field("items", description="Compacted input topic of the item catalog (key = item id).")
     events_partitions: int = Field(6, ge=1, description="Partitions of the events topic when it is created.")
-    assignments_partitions: int = Field(6, ge=1, description="Partitions of the assignments topic when created.")
     centroids_partitions: int = Field(1, ge=1, description="Partitions of the centroids topic when created.")
     dead_letter_partitions: int = Field(3, ge=1, description="Partitions of the dead-letter topic when created.")
     items_partitions: int = Field(3, ge=1, description="Partitions of the items topic when created.")

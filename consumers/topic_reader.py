@@ -6,6 +6,12 @@ each is read from its beginning up to the end offset taken at the start, with
 ``isolation_level="read_committed"`` so aborted or still-open transactions are never seen
 (with read_committed the end offset is the last stable offset).
 
+:func:`read_to_end` is the loop under every such read (here, the state restores of
+:mod:`consumers.changelog`, the service's catalog): it polls a consumer until each partition's
+*position* reaches the end offset taken at the start. Not "until a record at end - 1 arrives": on
+a transactional topic the last offsets are commit/abort markers (and, read_committed, aborted
+records) that no poll ever returns, while the position moves past them.
+
 The result holds the full history (every record still in the log, partitions merged by
 timestamp while keeping each partition's order, so the same key's records stay in log order)
 and the latest value per key, with tombstones removing keys as compaction will.
@@ -30,7 +36,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -75,6 +81,63 @@ def latest_by_key(history: Iterable[TopicRecord]) -> dict[bytes | None, bytes]:
     return latest
 
 
+def read_to_end(
+    consumer,
+    partitions: Sequence[Any],
+    on_records: Callable[[Any, list], None],
+    *,
+    timeout_s: float = 30.0,
+    end_offsets: Mapping[Any, int] | None = None,
+    past_end: bool = False,
+    max_records: int | None = None,
+    poll_timeout_ms: int = 200,
+    what: str | None = None,
+) -> dict[Any, int]:
+    """Poll ``consumer`` until ``consumer.position(tp)`` reaches ``end_offsets[tp]`` for every partition.
+
+    ``partitions`` (``TopicPartition``) must be assigned to ``consumer``, positioned where reading
+    starts (``seek_to_beginning``, ``seek``) and not paused. ``end_offsets`` defaults to
+    ``consumer.end_offsets(partitions)`` taken now (with read_committed, the last stable offsets).
+    ``on_records(tp, records)`` gets each polled batch, in offset order; records at or past the
+    end offset (written after the start) are left out unless ``past_end``, which a caller that keeps
+    polling the same consumer afterwards needs, since the position has moved past them.
+
+    Reading stops on positions, never on the last record's offset: transaction markers and aborted
+    records move the position without being returned. A partition that reached its end is paused
+    until all have; the partitions paused here are resumed before returning. Returns the end
+    offsets; raises :class:`TimeoutError` (naming each partition's position and end) when the
+    end is not reached within ``timeout_s``.
+    """
+    tps = list(partitions)
+    if not tps:
+        return {}
+    deadline = time.monotonic() + timeout_s
+    ends = dict(end_offsets) if end_offsets is not None else dict(consumer.end_offsets(tps))
+    remaining = [tp for tp in tps if consumer.position(tp) < ends[tp]]
+    paused_here = [tp for tp in tps if tp not in remaining]
+    consumer.pause(*paused_here)
+    try:
+        while remaining:
+            if time.monotonic() > deadline:
+                left = {f"{tp.topic}[{tp.partition}]": (consumer.position(tp), ends[tp]) for tp in remaining}
+                name = what or ", ".join(sorted({repr(tp.topic) for tp in tps}))
+                raise TimeoutError(f"reading {name} did not reach the end within {timeout_s:.0f} s "
+                                   f"(partition: (position, end) = {left})")
+            for tp, records in consumer.poll(timeout_ms=poll_timeout_ms, max_records=max_records).items():
+                if not past_end and tp in ends:
+                    records = [r for r in records if r.offset < ends[tp]]
+                if records:
+                    on_records(tp, records)
+            done = [tp for tp in remaining if consumer.position(tp) >= ends[tp]]
+            if done:
+                consumer.pause(*done)
+                paused_here.extend(done)
+                remaining = [tp for tp in remaining if tp not in done]
+    finally:
+        consumer.resume(*paused_here)
+    return ends
+
+
 def read_topic(
     bootstrap_servers: str,
     topic: str,
@@ -109,29 +172,14 @@ def read_topic(
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         ends = consumer.end_offsets(tps, timeout_ms=max(1, int(timeout_s * 1000)))
-        remaining = {tp for tp in tps if consumer.position(tp) < ends[tp]}
         per_partition: dict[int, list[TopicRecord]] = {tp.partition: [] for tp in tps}
-        consumer.pause(*(set(tps) - remaining))
-        while remaining:
-            if time.monotonic() > deadline:
-                left = {tp.partition: (consumer.position(tp), ends[tp]) for tp in remaining}
-                raise TimeoutError(
-                    f"reading {topic!r} did not reach the end within {timeout_s:.0f}s "
-                    f"(partition: (position, end) = {left})"
-                )
-            batches = consumer.poll(timeout_ms=500)
-            for tp, records in batches.items():
-                end = ends[tp]
-                out = per_partition[tp.partition]
-                for r in records:
-                    if r.offset >= end:
-                        break
-                    out.append(TopicRecord(tp.partition, r.offset, r.timestamp, r.key, r.value))
-            for tp in list(remaining):
-                # position() moves past control markers and compacted gaps too
-                if consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
-                    consumer.pause(tp)
+
+        def keep(tp, records) -> None:
+            per_partition[tp.partition].extend(
+                TopicRecord(tp.partition, r.offset, r.timestamp, r.key, r.value) for r in records)
+
+        read_to_end(consumer, tps, keep, end_offsets=ends, timeout_s=max(0.0, deadline - time.monotonic()),
+                    poll_timeout_ms=500, what=repr(topic))
     finally:
         consumer.close(autocommit=False)
     history = merge_partitions(per_partition[p] for p in sorted(per_partition))

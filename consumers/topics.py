@@ -6,14 +6,26 @@ events and dead-letter topics keep a time-bounded history (``delete``).
 
 Missing topics are created through the admin client; an existing topic whose
 ``cleanup.policy`` differs from what the service needs stops start-up with a message
-that says how to fix it. A partition count other than the configured one is only
-logged: the consumer group spreads over whatever partitions the topic has.
+that says how to fix it. Partition counts of existing topics are checked where they matter:
+
+- **co-partitioned topics** (the assignments topic and the profiles changelog, see
+  :data:`COPARTITIONED_ROLES`): the service writes a user's records to the partition number of
+  the events partition that user came from, so such a topic with *fewer* partitions than the
+  spec asks (the events topic's count) stops start-up with :class:`TopicMismatchError`; more
+  partitions are only logged (the extra ones stay empty);
+- **every other topic** (the events topic itself, centroids, dead letters, items, the model
+  topics): a count other than the configured one is logged as a warning and the topic is kept
+  as it is. The consumer group spreads over whatever partitions the events topic has, readers
+  of the other topics read all their partitions, and the model topics are only ever written and
+  read at partition 0.
 
 Example:
 
 >>> spec = TopicSpec("assignments", "as", 6, "compact", configs=COMPACT_TUNING)
 >>> spec.create_request()["configs"]["cleanup.policy"], spec.create_request()["num_partitions"]
 ('compact', 6)
+>>> spec.is_copartitioned, TopicSpec("items", "it", 3, "compact").is_copartitioned
+(True, False)
 """
 
 from __future__ import annotations
@@ -26,6 +38,9 @@ log = logging.getLogger(__name__)
 
 #: Compaction settings of the compacted topics: clean soon, roll segments hourly, so they stay bounded.
 COMPACT_TUNING = {"min.cleanable.dirty.ratio": "0.1", "segment.ms": "3600000"}
+
+#: Roles of the topics co-partitioned with the events topic: they need at least the spec's partitions.
+COPARTITIONED_ROLES = frozenset({"assignments", "profiles changelog"})
 
 
 class TopicMismatchError(RuntimeError):
@@ -42,6 +57,12 @@ class TopicSpec:
     cleanup_policy: str
     replication_factor: int = 1
     configs: dict[str, str] = field(default_factory=dict)
+    #: Fewer partitions than ``partitions`` is an error (not just a warning); None: decided by the role.
+    copartitioned: bool | None = None
+
+    @property
+    def is_copartitioned(self) -> bool:
+        return self.role in COPARTITIONED_ROLES if self.copartitioned is None else self.copartitioned
 
     def create_request(self) -> dict:
         """The kafka-python ``create_topics`` request entry for this topic."""
@@ -70,8 +91,9 @@ def _cleanup_policies(admin, names: list[str]) -> dict[str, str]:
 def ensure_topics(admin, specs: list[TopicSpec], *, create: bool = True) -> list[str]:
     """Create the missing topics and check the existing ones; return the names created.
 
-    Raises :class:`TopicMismatchError` when an existing topic's cleanup policy or
-    partition count is wrong, or a topic is missing and ``create`` is False.
+    Raises :class:`TopicMismatchError` when an existing topic's cleanup policy is wrong, a
+    co-partitioned topic has fewer partitions than its spec, or a topic is missing and
+    ``create`` is False. Other partition counts that differ from the spec are logged as warnings.
     """
     from kafka.errors import TopicAlreadyExistsError
 
@@ -112,7 +134,16 @@ def _check_existing(admin, specs: list[TopicSpec]) -> None:
         elif spec.cleanup_policy == "delete" and "compact" in have and "delete" not in have:
             problems.append(f"topic {spec.name!r} ({spec.role}) is compacted, but needs cleanup.policy=delete")
         n_parts = len(described.get(spec.name, {}).get("partitions") or [])
-        if n_parts != spec.partitions:
+        if n_parts < spec.partitions and spec.is_copartitioned:
+            problems.append(
+                f"topic {spec.name!r} ({spec.role}) has {n_parts} partitions, needs at least {spec.partitions} "
+                "(co-partitioned with the events topic): kafka-topics --alter --topic "
+                f"{spec.name} --partitions {spec.partitions}, or use a new topic"
+            )
+        elif n_parts != spec.partitions and spec.is_copartitioned:
+            log.warning("topic %s (%s) has %d partitions, more than the %d of the events topic: the extra "
+                        "ones stay empty", spec.name, spec.role, n_parts, spec.partitions)
+        elif n_parts != spec.partitions:
             log.warning("topic %s (%s) has %d partitions; settings say %d (kept as it is)",
                         spec.name, spec.role, n_parts, spec.partitions)
     if problems:

@@ -138,6 +138,8 @@ class RejectReason(enum.StrEnum):
     UNKNOWN_ITEM = "unknown_item"
     EMPTY_MESSAGE = "empty_message"
     KEY_MISMATCH = "key_mismatch"
+    #: A valid event on a partition its user does not own (see consumers.partitioning); set by the service.
+    WRONG_PARTITION = "wrong_partition"
     INTERNAL = "internal"
 
 

@@ -391,19 +391,23 @@ class ClusterLabeler:
         return 0.0 if col is None else float(self._counts[int(cluster), col])
 
     # ------------------------------------------------------------------ state
+    def _params(self) -> dict[str, Any]:
+        """The hyper-parameters a state records (the token cache is not state)."""
+        return {
+            "n_clusters": self.n_clusters,
+            "half_life": self.half_life,
+            "max_vocab": self.max_vocab,
+            "top_n": self.top_n,
+            "min_count": self.min_count,
+        }
+
     def to_bytes(self) -> bytes:
         """Full state (params, vocabulary, sparse counts): magic ``ISLB``, version byte, msgpack."""
         n = len(self._terms)
         counts = self._counts[:, :n]
         r, c = np.nonzero(counts)
         wire = _LabelerWire(
-            params={
-                "n_clusters": self.n_clusters,
-                "half_life": self.half_life,
-                "max_vocab": self.max_vocab,
-                "top_n": self.top_n,
-                "min_count": self.min_count,
-            },
+            params=self._params(),
             stop_words=sorted(self.stop_words),
             terms=list(self._terms),
             rows=r.astype("<i4").tobytes(),
@@ -426,3 +430,21 @@ class ClusterLabeler:
         cols = np.frombuffer(wire.cols, dtype="<i4").astype(np.int64)
         labeler._counts[rows, cols] = np.frombuffer(wire.values, dtype="<f8")
         return labeler
+
+    def load_state(self, other: ClusterLabeler) -> dict[str, tuple[Any, Any]]:
+        """Continue from ``other``'s term counts, with this labeler's parameters.
+
+        Takes a copy of the vocabulary and the decayed counts; keeps this labeler's
+        parameters (half-life, vocabulary bound, top terms, minimum count, stop words), which
+        take effect from the next batch, and its token cache (made with its own stop words).
+        Returns those that differ, as ``{name: (other's, this labeler's)}``. Raises
+        ``ValueError`` if ``n_clusters`` differs.
+        """
+        if other.n_clusters != self.n_clusters:
+            raise ValueError(f"cannot continue a labeler of {other.n_clusters} clusters with {self.n_clusters}")
+        mine = {**self._params(), "stop_words": self.stop_words}
+        theirs = {**other._params(), "stop_words": other.stop_words}
+        self._vocab = dict(other._vocab)
+        self._terms = list(other._terms)
+        self._counts = other._counts.copy()
+        return {name: (theirs[name], value) for name, value in mine.items() if theirs[name] != value}

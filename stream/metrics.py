@@ -51,6 +51,9 @@ METRIC_HELP: dict[str, str] = {
     "interest_restore_progress_ratio": "Progress of the state restore on partition assignment (0..1).",
     "interest_restore_duration_seconds": "Duration of the last state restore.",
     "interest_ready": "1 once state is loaded and partitions are assigned.",
+    "interest_restore_stray_records_total": "Restored records skipped: their partition does not own their key (the owner partition's record wins), by topic.",
+    "interest_group_stuck_seconds": "How long this member has been outside the consumer group, or without partitions while some are unowned (0 when fine).",
+    "interest_group_recoveries_total": "Recoveries from a stuck consumer-group membership, by action (rejoin, exit).",
 }
 
 
@@ -110,6 +113,13 @@ class ServiceMetrics:
             "interest_restore_duration_seconds", h["interest_restore_duration_seconds"], registry=r
         )
         self.ready = Gauge("interest_ready", h["interest_ready"], registry=r)
+        self.restore_strays = Counter(
+            "interest_restore_stray_records", h["interest_restore_stray_records_total"], ["topic"], registry=r
+        )
+        self.group_stuck_seconds = Gauge("interest_group_stuck_seconds", h["interest_group_stuck_seconds"], registry=r)
+        self.group_recoveries = Counter(
+            "interest_group_recoveries", h["interest_group_recoveries_total"], ["action"], registry=r
+        )
 
     def exposition(self) -> bytes:
         """The text exposition format of every metric (what ``/metrics`` serves)."""

@@ -9,6 +9,14 @@ read back from the assignments topic.
 The format is msgpack (msgspec) with a version number; the model and labeler use their
 own no-pickle codecs, so a record written by another process is safe to read.
 
+A restore keeps what the model learned (centroids, counts, reservoir, labels, version,
+random state) and takes the hyper-parameters from the current settings: a setting changed
+since the record was written (``kmeans_half_life``, ``refine_every``, ``warmup_batches``,
+``seed``, ...) takes effect at once and is listed in :attr:`RestoredModel.changes`, for the
+caller to log. Settings the learned state is made of (``n_clusters``, the encoder's
+dimension) cannot change on a live model: :func:`restore_model_state` refuses them with a
+:class:`ModelStateError` that says how to migrate.
+
 Example:
 
 >>> import numpy as np
@@ -23,14 +31,19 @@ Example:
 ...         for i in range(1, 9)]
 >>> _ = pipe.process_batch(recs, now_ms=0)
 >>> data = model_state_to_bytes(pipe)
->>> fresh = Pipeline(ClusteringSettings(n_clusters=2), LengthEncoder())
->>> restore_model_state(fresh, data)
-('', 0)
+>>> fresh = Pipeline(ClusteringSettings(n_clusters=2, kmeans_half_life=20.0), LengthEncoder())
+>>> restored = restore_model_state(fresh, data)
+>>> writer, updates_offset = restored
+>>> (writer, updates_offset), [str(change) for change in restored.changes]
+(('', 0), ['setting kmeans_half_life changed from 50.0 to 20.0, taking effect now'])
 >>> fresh.model.version == pipe.model.version, bool(np.allclose(fresh.model.centroids, pipe.model.centroids))
 (True, True)
 
 Replaying a logged trainer step continues the model exactly:
 
+>>> fresh = Pipeline(ClusteringSettings(n_clusters=2), LengthEncoder())
+>>> restore_model_state(fresh, data).changes
+[]
 >>> more = [SourceRecord(f'{{"user_id": "v{i}", "ts": {i}, "text": "{"y" * i}"}}'.encode(), None, None)
 ...         for i in range(1, 9)]
 >>> result = pipe.process_batch(more, now_ms=1)
@@ -43,10 +56,14 @@ True
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import dataclasses
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 import numpy as np
+
+from stream.settings import ClusteringSettings
 
 if TYPE_CHECKING:
     from stream.pipeline import Pipeline
@@ -54,8 +71,45 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 
 
+# Settings behind the model's and the labeler's hyper-parameters, where the names differ.
+_MODEL_SETTING = {"half_life": "kmeans_half_life", "time_unit": "kmeans_time_unit", "warmup": "warmup_batches"}
+_LABELER_SETTING = {"half_life": "label_half_life", "max_vocab": "label_max_vocab", "top_n": "label_top_n"}
+_MIGRATE = (
+    "this cannot change on a live model. To migrate, run under a new group id: it gets its own changelog "
+    "topics and reads the events topic from the earliest retained offset, so the events are replayed into a "
+    "new model (offline: `interest-stream replay` over an events file)"
+)
+
+
 class ModelStateError(ValueError):
     """The bytes are not a model state this version can read, or do not fit the pipeline."""
+
+
+class SettingChange(NamedTuple):
+    """A setting whose value differs from the one the restored state was learned with."""
+
+    setting: str
+    old: Any
+    new: Any
+
+    def __str__(self) -> str:
+        return f"setting {self.setting} changed from {self.old} to {self.new}, taking effect now"
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoredModel:
+    """What :func:`restore_model_state` restored: whose update log continues it and from where,
+    and the settings that changed since the state was written (they take effect now).
+
+    Unpacks as the pair ``writer, updates_offset``.
+    """
+
+    writer: str
+    updates_offset: int
+    changes: list[SettingChange]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.writer, self.updates_offset))
 
 
 class _ModelStateWire(msgspec.Struct):
@@ -113,16 +167,15 @@ def apply_model_update(pipeline: Pipeline, data: bytes) -> int:
 
 def model_state_to_bytes(pipeline: Pipeline, *, writer: str = "", updates_offset: int = 0) -> bytes:
     """Serialise the model side of ``pipeline`` (model, labels, trainer cadence, event clock)."""
-    trainer = pipeline.trainer
-    published = trainer._published
+    trainer = pipeline.trainer.state()
     wire = _ModelStateWire(
         format=FORMAT_VERSION,
         model=pipeline.model.to_bytes(),
         labeler=pipeline.labeler.to_bytes() if pipeline.labeler is not None else None,
         trainer_updates=int(trainer.updates),
-        trainer_since_snapshot=int(trainer._since_snapshot),
+        trainer_since_snapshot=int(trainer.since_snapshot),
         trainer_snapshots=int(trainer.snapshots_published),
-        trainer_published=None if published is None else np.asarray(published, dtype="<f4").tobytes(),
+        trainer_published=None if trainer.published is None else np.asarray(trainer.published, dtype="<f4").tobytes(),
         event_clock_ms=int(pipeline.event_clock_ms),
         writer=writer,
         updates_offset=int(updates_offset),
@@ -130,13 +183,19 @@ def model_state_to_bytes(pipeline: Pipeline, *, writer: str = "", updates_offset
     return msgspec.msgpack.encode(wire)
 
 
-def restore_model_state(pipeline: Pipeline, data: bytes) -> tuple[str, int]:
+def restore_model_state(pipeline: Pipeline, data: bytes) -> RestoredModel:
     """Load a model state into ``pipeline`` in place (its stages keep their references).
 
-    Returns ``(writer, updates_offset)``: whose update log continues this state, and from where.
+    The model, labels and trainer continue what the state learned, with the pipeline's
+    current settings. Returns a :class:`RestoredModel`: whose update log continues this state
+    and from where, and the settings that differ from the state's. Raises
+    :class:`ModelStateError`, leaving the pipeline untouched, when the bytes are not a model
+    state or the state cannot continue under these settings (another ``n_clusters`` or
+    encoder dimension).
     """
     from stream.kmeans import MiniBatchKMeans
     from stream.labels import ClusterLabeler
+    from stream.trainer import TrainerState
 
     try:
         wire = msgspec.msgpack.decode(data, type=_ModelStateWire)
@@ -144,21 +203,41 @@ def restore_model_state(pipeline: Pipeline, data: bytes) -> tuple[str, int]:
         raise ModelStateError(f"not a readable model state: {exc}") from exc
     if wire.format != FORMAT_VERSION:
         raise ModelStateError(f"model state format {wire.format}, this version reads {FORMAT_VERSION}")
-    model = MiniBatchKMeans.from_bytes(wire.model)
+    try:
+        model = MiniBatchKMeans.from_bytes(wire.model)
+        labeler = ClusterLabeler.from_bytes(wire.labeler) if wire.labeler is not None else None
+    except (ValueError, msgspec.DecodeError) as exc:
+        raise ModelStateError(f"not a readable model state: {exc}") from exc
     if model.n_clusters != pipeline.model.n_clusters:
         raise ModelStateError(
-            f"the stored model has {model.n_clusters} clusters, the settings ask for {pipeline.model.n_clusters}"
+            f"the stored model has {model.n_clusters} clusters, the settings ask for {pipeline.model.n_clusters}: "
+            f"{_MIGRATE}"
         )
     if model.dim is not None and model.dim != pipeline.profiles.dim:
-        raise ModelStateError(f"the stored model has dim {model.dim}, the encoder has {pipeline.profiles.dim}")
-    pipeline.model.__dict__.update(model.__dict__)
-    if wire.labeler is not None and pipeline.labeler is not None:
-        pipeline.labeler.__dict__.update(ClusterLabeler.from_bytes(wire.labeler).__dict__)
-    trainer = pipeline.trainer
-    trainer.updates = wire.trainer_updates
-    trainer._since_snapshot = wire.trainer_since_snapshot
-    trainer.snapshots_published = wire.trainer_snapshots
+        raise ModelStateError(
+            f"the stored model has dim {model.dim}, the encoder has dim {pipeline.profiles.dim} (another embedding "
+            f"model): {_MIGRATE}"
+        )
+    try:
+        changed = _changes(pipeline.model.load_state(model), _MODEL_SETTING, "MiniBatchKMeans")
+    except ValueError as exc:
+        raise ModelStateError(f"{exc}: {_MIGRATE}") from exc
+    if labeler is not None and pipeline.labeler is not None:
+        changed += _changes(pipeline.labeler.load_state(labeler), _LABELER_SETTING, "ClusterLabeler")
+    published = None
     if wire.trainer_published is not None:
-        trainer._published = np.frombuffer(wire.trainer_published, dtype="<f4").reshape(model.n_clusters, -1).copy()
+        published = np.frombuffer(wire.trainer_published, dtype="<f4").reshape(model.n_clusters, -1)
+    pipeline.trainer.load_state(
+        TrainerState(wire.trainer_updates, wire.trainer_since_snapshot, wire.trainer_snapshots, published)
+    )
     pipeline.event_clock_ms = max(pipeline.event_clock_ms, wire.event_clock_ms)
-    return wire.writer, wire.updates_offset
+    return RestoredModel(wire.writer, wire.updates_offset, changed)
+
+
+def _changes(differ: dict[str, tuple[Any, Any]], setting_of: dict[str, str], owner: str) -> list[SettingChange]:
+    """Name each differing hyper-parameter after its setting (``owner.name`` when it has none)."""
+    out = []
+    for name, (old, new) in differ.items():
+        setting = setting_of.get(name, name)
+        out.append(SettingChange(setting if setting in ClusteringSettings.model_fields else f"{owner}.{name}", old, new))
+    return out

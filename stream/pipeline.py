@@ -35,7 +35,7 @@ True
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -43,44 +43,51 @@ import numpy as np
 from stream.assignments import AssignmentTracker
 from stream.catalog import ItemCatalog
 from stream.embedder import EmbeddingCache, Encoder, EventEmbedder
-from stream.events import Rejection
 from stream.kmeans import MiniBatchKMeans
 from stream.labels import ClusterLabeler
 from stream.profiles import ProfileStore
 from stream.records import AssignmentChange, CentroidSnapshot
 from stream.settings import ClusteringSettings
-from stream.trainer import TrainerStage
-from stream.worker import SourceRecord, WorkerStage
+from stream.trainer import TrainerOutput, TrainerStage
+from stream.worker import SourceRecord, WorkerOutput, WorkerStage
 
 __all__ = ["BatchResult", "Pipeline", "SourceRecord"]
 
 
 @dataclass(slots=True)
 class BatchResult:
-    """Everything one micro-batch produced.
+    """Everything one micro-batch produced: the worker's output and the trainer's, side by side.
 
     Publish ``changes`` and ``tombstones`` on the assignments topic (they never name the
     same user, so their order does not matter), ``snapshots`` on the centroids topic and
-    ``dead_letters`` (the source record and why) on the dead-letter topic.
+    ``dead_letters`` (the source record and why) on the dead-letter topic. ``updated_users``
+    are the users whose profile the batch changed (applied events only; never a user named
+    by a rejected record): the state to write back. ``stats``/``label_stats`` are the batch's
+    additive model statistics as the trainer applied them (``None`` for a batch without
+    applied events); the service logs them for exact restores.
     """
 
-    changes: list[AssignmentChange]
-    tombstones: list[str]
-    snapshots: list[CentroidSnapshot]
-    dead_letters: list[tuple[SourceRecord, Rejection]]
-    n_events: int
-    n_applied: int
-    n_forgotten: int
-    n_rechecked: int
-    embed_seconds: float
-    applied_ts_ms: np.ndarray
-    version: int
-    movement: np.ndarray | None
-    reseeded: list[int] = field(default_factory=list)
-    #: The batch's additive model statistics and label statistics, as applied by the trainer
-    #: (``None`` for a batch without applied events). The service logs them for exact restores.
+    worker: WorkerOutput
+    trainer: TrainerOutput
     stats: Any = None
     label_stats: Any = None
+
+    # The worker's side.
+    changes = property(lambda self: self.worker.changes)
+    tombstones = property(lambda self: self.worker.tombstones)
+    updated_users = property(lambda self: self.worker.updated_users)
+    dead_letters = property(lambda self: self.worker.dead_letters)
+    n_events = property(lambda self: self.worker.n_events)
+    n_applied = property(lambda self: self.worker.n_applied)
+    n_forgotten = property(lambda self: self.worker.n_forgotten)
+    n_rechecked = property(lambda self: self.worker.n_rechecked)
+    embed_seconds = property(lambda self: self.worker.embed_seconds)
+    applied_ts_ms = property(lambda self: self.worker.applied_ts_ms)
+    # The trainer's side.
+    snapshots = property(lambda self: self.trainer.snapshots)
+    version = property(lambda self: self.trainer.version)
+    movement = property(lambda self: self.trainer.movement)
+    reseeded = property(lambda self: self.trainer.reseeded)
 
 
 class Pipeline:
@@ -177,23 +184,7 @@ class Pipeline:
             now_ms = self.event_clock_ms
         trained = self.trainer.apply(prepared.stats, prepared.label_stats, now_ms)
         out = self.worker.finish(prepared, self.model, now_ms, movement=trained.movement)
-        return BatchResult(
-            changes=out.changes,
-            tombstones=out.tombstones,
-            snapshots=trained.snapshots,
-            dead_letters=out.dead_letters,
-            n_events=out.n_events,
-            n_applied=out.n_applied,
-            n_forgotten=out.n_forgotten,
-            n_rechecked=out.n_rechecked,
-            embed_seconds=out.embed_seconds,
-            applied_ts_ms=out.applied_ts_ms,
-            version=trained.version,
-            movement=trained.movement,
-            reseeded=trained.reseeded,
-            stats=prepared.stats,
-            label_stats=prepared.label_stats,
-        )
+        return BatchResult(out, trained, stats=prepared.stats, label_stats=prepared.label_stats)
 
     def reassess(self, user_ids: Sequence[str], now_ms: int) -> list[AssignmentChange]:
         """Re-assess these users against the current model (an idle sweep); returns the changes.

@@ -296,6 +296,10 @@ class ProfileStore:
             return None
         return self.directions([slot])[0]
 
+    def masses(self, slots: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The decayed event mass (sum of event weights) of each slot, as of its own reference time (a copy)."""
+        return self._mass[np.asarray(slots, dtype=np.int64)].copy()
+
     def raw(self, user_id: str) -> tuple[np.ndarray, int, float]:
         """``(vector_sum, ref_ms, mass)`` of a user (copies). ``KeyError`` if unknown."""
         slot = self._index[user_id]

@@ -24,6 +24,13 @@ Example:
 (1, 2, 1)
 >>> [len(trainer.apply(model.summarise(points), None, now_ms=t).snapshots) for t in (2, 3, 4)]
 [0, 0, 2]
+>>> state = trainer.state()
+>>> state.updates, state.since_snapshot, state.snapshots_published
+(4, 0, 2)
+>>> later = TrainerStage(model, ClusterLabeler(2), snapshot_every=3)  # e.g. after a restart
+>>> later.load_state(state)
+>>> later.updates, later.snapshots_published
+(4, 2)
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import numpy as np
 from stream.kmeans import BatchStatistics, MiniBatchKMeans
 from stream.records import CentroidSnapshot
 
-__all__ = ["TrainerOutput", "TrainerStage"]
+__all__ = ["TrainerOutput", "TrainerStage", "TrainerState"]
 
 _DIGITS = 7
 
@@ -53,6 +60,19 @@ class TrainerOutput:
     reseeded: list[int] = field(default_factory=list)
     snapshots: list[CentroidSnapshot] = field(default_factory=list)
     initialised: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class TrainerState:
+    """The trainer's cadence, what a restart must carry over (its model and labels travel on their own).
+
+    ``published`` holds the centroids of the last published snapshot (``None`` before the first).
+    """
+
+    updates: int
+    since_snapshot: int
+    snapshots_published: int
+    published: np.ndarray | None
 
 
 class TrainerStage:
@@ -101,6 +121,18 @@ class TrainerStage:
             snapshots=snapshots,
             initialised=result.initialised,
         )
+
+    def state(self) -> TrainerState:
+        """The cadence state (update count, snapshots since and published, last published centroids)."""
+        published = None if self._published is None else self._published.copy()
+        return TrainerState(self.updates, self._since_snapshot, self.snapshots_published, published)
+
+    def load_state(self, state: TrainerState) -> None:
+        """Continue the cadence from ``state`` (this trainer keeps its snapshot settings)."""
+        self.updates = int(state.updates)
+        self._since_snapshot = int(state.since_snapshot)
+        self.snapshots_published = int(state.snapshots_published)
+        self._published = None if state.published is None else np.array(state.published, dtype=np.float32)
 
     def _due(self, forced: bool) -> bool:
         if forced or self._published is None or self._since_snapshot >= self.snapshot_every:

@@ -127,8 +127,10 @@ class PreparedBatch:
     """What :meth:`WorkerStage.prepare` hands to the trainer and back to :meth:`WorkerStage.finish`.
 
     ``stats`` and ``label_stats`` go to the trainer (``None`` when there is nothing to
-    learn). ``user_ids``/``directions``/``event_ts_ms`` are the touched users (first-seen
-    order), their normalised profiles and their latest event time in the batch.
+    learn). ``user_ids``/``directions``/``event_ts_ms`` are the users whose profile an
+    *applied* event changed (first-seen order), their normalised profiles and their latest
+    event time in the batch. A rejected record never names a user here: whatever its key or
+    payload says, it changes no state.
     """
 
     n_records: int
@@ -141,16 +143,21 @@ class PreparedBatch:
     label_stats: Any | None
     forgotten: list[str]
     reset: list[str]
-    n_superseded: int
     embed_seconds: float
 
 
 @dataclass(slots=True)
 class WorkerOutput:
-    """What one batch produced on the users' side (see the module docstring for forgets)."""
+    """What one batch produced on the users' side (see the module docstring for forgets).
+
+    ``updated_users`` are the users whose profile this batch changed (applied events only;
+    a forgotten user is in ``tombstones`` instead): exactly the users whose state must be
+    written back.
+    """
 
     changes: list[AssignmentChange]
     tombstones: list[str]
+    updated_users: list[str]
     dead_letters: list[tuple[SourceRecord, Rejection]]
     n_events: int
     n_applied: int
@@ -158,7 +165,6 @@ class WorkerOutput:
     n_rechecked: int
     embed_seconds: float
     applied_ts_ms: np.ndarray
-    model_version: int
 
 
 class WorkerStage:
@@ -291,7 +297,6 @@ class WorkerStage:
             label_stats=label_stats,
             forgotten=forgotten,
             reset=reset,
-            n_superseded=n_superseded,
             embed_seconds=embed_seconds,
         )
 
@@ -346,6 +351,7 @@ class WorkerStage:
         return WorkerOutput(
             changes=changes,
             tombstones=list(prepared.forgotten),
+            updated_users=list(prepared.user_ids),
             dead_letters=prepared.dead_letters,
             n_events=prepared.n_records,
             n_applied=int(prepared.applied_ts_ms.shape[0]),
@@ -353,7 +359,6 @@ class WorkerStage:
             n_rechecked=n_rechecked,
             embed_seconds=prepared.embed_seconds,
             applied_ts_ms=prepared.applied_ts_ms,
-            model_version=model.version,
         )
 
     def _recheck(
@@ -383,5 +388,4 @@ class WorkerStage:
             return None
         if slots is None:
             slots = self.profiles.slots_of(user_ids)
-        # ProfileStore keeps the decayed masses in a side array indexed by slot.
-        return self.profiles._mass[np.asarray(slots, dtype=np.int64)].copy()
+        return self.profiles.masses(slots)

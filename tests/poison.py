@@ -8,10 +8,12 @@ key and value to produce, the ``reason`` that :func:`stream.events.decode_event`
 end on the dead-letter topic. Kinds (see ``KINDS``): arbitrary bytes, invalid UTF-8, broken JSON,
 NaN/Infinity literals, JSON that is not an object, wrong types and values for every field
 (``user_id``, ``type``, ``ts``, ``text``, ``item_id``, ``event_id``, ``weight``), numbers out of the
-float range, missing keys, empty and null values, key/``user_id`` mismatches, values over 64 KiB,
+float range, missing keys, empty and null values, key/``user_id`` mismatches (including valid events
+of real users under a non-UTF-8 key or another user's key), values over 64 KiB,
 texts over 10,000 characters, deep nesting, and unknown items. Every value stays under 1 MiB (the
 broker's default ``message.max.bytes``). Poison users are named ``poison-<n>``, so they never collide
-with simulated users; no entry is a ``forget`` event.
+with simulated users, except in ``foreign_key`` entries given ``real_users``; no entry is a ``forget``
+event.
 
 >>> batch = poison_messages(200, seed=1)
 >>> len(batch), batch == poison_messages(200, seed=1), {p.kind for p in batch} == set(KINDS)
@@ -58,9 +60,10 @@ def _dump(obj: object) -> bytes:
 class _Maker:
     """Builds one poison message of a kind; ``n`` numbers the poison users."""
 
-    def __init__(self, rng: random.Random, known_items: frozenset[str]) -> None:
+    def __init__(self, rng: random.Random, known_items: frozenset[str], real_users: tuple[str, ...] = ()) -> None:
         self.rng = rng
         self.known_items = known_items
+        self.real_users = real_users
         self.n = 0
 
     # -- helpers
@@ -237,6 +240,20 @@ class _Maker:
                                ev["user_id"].encode() + b" "))
         return Poison(key, _dump(ev), "key_mismatch", "key_mismatch")
 
+    def foreign_key(self) -> Poison:
+        """A *valid* event of a real user (when ``real_users`` are given) under a key that is not its
+        user id: bytes that are not UTF-8, or another real user's id. Rejected as ``key_mismatch``; it
+        must not touch either user's state, nor write state to the partition the key hashed to."""
+        ev = self.event()
+        if self.real_users:
+            ev["user_id"] = self.rng.choice(self.real_users)
+        others = [u for u in self.real_users if u != ev["user_id"]]
+        if others and self.rng.random() < 0.3:
+            key = self.rng.choice(others).encode()
+        else:
+            key = b"\xff\xfe" + str(self.rng.randrange(10**6)).encode()
+        return Poison(key, _dump(ev), "key_mismatch", "foreign_key")
+
     def too_large_value(self) -> Poison:
         size = self.rng.randint(64 * 1024 + 1, 320 * 1024)
         where = self.rng.choice(("extra", "text", "user_id"))
@@ -288,6 +305,7 @@ KINDS: dict[str, tuple[Callable[[_Maker], Poison], float]] = {
     "missing_keys": (_Maker.missing_keys, 6),
     "empty": (_Maker.empty, 4),
     "key_mismatch": (_Maker.key_mismatch, 5),
+    "foreign_key": (_Maker.foreign_key, 5),
     "unknown_item": (_Maker.unknown_item, 5),
     "too_large_value": (_Maker.too_large_value, 0.25),
     "long_text": (_Maker.long_text, 0.5),
@@ -295,13 +313,16 @@ KINDS: dict[str, tuple[Callable[[_Maker], Poison], float]] = {
 }
 
 
-def poison_messages(n: int = 10_000, seed: int = 0, *, known_items: Iterable[str] = ()) -> list[Poison]:
-    """``n`` malformed records, deterministic for ``seed``; every kind appears at least twice (n >= 40).
+def poison_messages(
+    n: int = 10_000, seed: int = 0, *, known_items: Iterable[str] = (), real_users: Iterable[str] = ()
+) -> list[Poison]:
+    """``n`` malformed records, deterministic for ``seed``; every kind appears at least twice (n >= 42).
 
-    ``known_items`` are catalog item ids that ``unknown_item`` entries must avoid.
+    ``known_items`` are catalog item ids that ``unknown_item`` entries must avoid. ``real_users``
+    are the ids of the stream's real users: ``foreign_key`` entries carry valid events of theirs.
     """
     rng = random.Random(seed)
-    maker = _Maker(rng, frozenset(known_items))
+    maker = _Maker(rng, frozenset(known_items), tuple(sorted(set(real_users))))
     kinds = list(KINDS)
     weights = [KINDS[k][1] for k in kinds]
     plan = [k for k in kinds for _ in range(2)][:n]

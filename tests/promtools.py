@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from consumers.devbroker import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 PROMETHEUS_YML = REPO / "deploy" / "prometheus" / "prometheus.yml"
@@ -138,13 +139,6 @@ def panel_targets(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 # ---------------------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ToolsUnavailable(RuntimeError):

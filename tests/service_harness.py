@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,14 +20,10 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from consumers.devbroker import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "consumers.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 0.25, what: str = "condition"):
@@ -232,6 +227,15 @@ def latest_profiles(bootstrap: str, topic: str) -> dict[str, tuple]:
     for r in read_all(bootstrap, topic):
         latest[r.key.decode()] = r.value
     return {u: profile_from_bytes(v) for u, v in latest.items() if v is not None}
+
+
+def stray_records(bootstrap: str, topic: str) -> list[ReadRecord]:
+    """Records of a co-partitioned state topic (profiles changelog, assignments) that sit outside their
+    key's owner partition: there must be none (see consumers/partitioning.py)."""
+    from consumers.partitioning import UserPartitioner
+
+    users = UserPartitioner(len(end_offsets(bootstrap, topic)))
+    return [r for r in read_all(bootstrap, topic) if r.key is not None and r.partition != users.owner_of_key(r.key)]
 
 
 def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:

@@ -3,8 +3,10 @@
 ``start`` runs a one-node KRaft broker (see :mod:`consumers.devbroker`) in the background on free ports
 of 127.0.0.1, records it in ``${XDG_STATE_HOME:-~/.local/state}/interest-stream/broker.json`` and
 prints its bootstrap address; ``stop`` ends it and removes its data (unless ``--keep-data``);
-``status`` tells whether it is alive. When ``KAFKA_BOOTSTRAP_SERVERS`` is set, that cluster is used
-and ``start`` does nothing.
+``status`` tells whether it is alive. Every command uses this broker when neither
+``--bootstrap-servers`` nor ``INTEREST_STREAM_BOOTSTRAP_SERVERS`` nor ``KAFKA_BOOTSTRAP_SERVERS``
+names a cluster (:func:`consumers.kafka_config.resolve_bootstrap`); when one of the two variables is
+set, that cluster is used and ``start`` does nothing.
 
 Example::
 
@@ -31,16 +33,20 @@ def start(
     controller_port: int = typer.Option(0, help="KRaft controller port; 0 picks a free one."),
     timeout: float = typer.Option(120.0, help="Seconds to wait for the broker to answer."),
 ) -> None:
-    """Start the broker in the background and print its bootstrap address."""
+    """Start the broker in the background and print its bootstrap address.
+
+    Commands use it when neither --bootstrap-servers, $INTEREST_STREAM_BOOTSTRAP_SERVERS nor
+    $KAFKA_BOOTSTRAP_SERVERS names a cluster; with one of the two variables set, nothing is started.
+    """
     from rich.console import Console
 
     from consumers import devbroker
-    from consumers.kafka_config import BOOTSTRAP_ENV, bootstrap_from_env
+    from consumers.kafka_config import BOOTSTRAP_ENV, configured_bootstrap
 
     console = Console()
-    external = bootstrap_from_env()
+    external = configured_bootstrap()
     if external:
-        console.print(f"{BOOTSTRAP_ENV} is set ({external}): using that cluster, not starting a broker.")
+        console.print(f"{external[0]} is set ({external[1]}): using that cluster, not starting a broker.")
         return
     running = devbroker.load_state()
     if running is not None and running.is_alive():
@@ -93,12 +99,12 @@ def status() -> None:
     from rich.table import Table
 
     from consumers import devbroker
-    from consumers.kafka_config import BOOTSTRAP_ENV, bootstrap_from_env
+    from consumers.kafka_config import configured_bootstrap
 
     console = Console()
-    external = bootstrap_from_env()
+    external = configured_bootstrap()
     if external:
-        console.print(f"{BOOTSTRAP_ENV}={external} (an external cluster; the local broker is not used).")
+        console.print(f"{external[0]}={external[1]} (an external cluster; the local broker is not used).")
     broker = devbroker.load_state()
     if broker is None:
         console.print("No local broker (start one with `interest-stream broker start`).")

@@ -4,6 +4,10 @@ Sends the control event ``{"type": "forget", "user_id": ...}`` keyed by the user
 the events topic, so it lands on the partition (and member) that owns the user. The
 service removes the profile and publishes a tombstone on the assignments topic.
 
+The cluster is found as by every command (:func:`consumers.kafka_config.resolve_bootstrap`):
+``--bootstrap-servers``, else ``INTEREST_STREAM_BOOTSTRAP_SERVERS``, else ``KAFKA_BOOTSTRAP_SERVERS``,
+else the broker of ``interest-stream broker start``; with none of them it exits 2.
+
 Example::
 
     $ interest-stream forget user-42 --bootstrap-servers 127.0.0.1:9092
@@ -16,21 +20,22 @@ from typing import Annotated
 
 import typer
 
+from consumers.kafka_config import NO_CLUSTER_HINT, bootstrap_help, resolve_bootstrap
+
 
 def forget(
     user_ids: Annotated[list[str], typer.Argument(help="User id(s) to forget.")],
-    bootstrap_servers: Annotated[str | None, typer.Option(help="Kafka bootstrap servers (env KAFKA_BOOTSTRAP_SERVERS).")] = None,
+    bootstrap_servers: Annotated[str | None, typer.Option(help=bootstrap_help("an error (exit code 2)"))] = None,
     events_topic: Annotated[str, typer.Option(help="The service's events topic.", envvar="INTEREST_STREAM_EVENTS_TOPIC")] = "events",
 ) -> None:
     """Send a forget control event for each user id (the service deletes the profile and tombstones the assignment)."""
     from kafka import KafkaProducer
 
-    from consumers.kafka_config import bootstrap_from_env
     from stream.events import ForgetEvent, encode_event
 
-    servers = bootstrap_servers or bootstrap_from_env()
+    servers = resolve_bootstrap(bootstrap_servers)
     if not servers:
-        typer.echo("no Kafka bootstrap servers: pass --bootstrap-servers or set KAFKA_BOOTSTRAP_SERVERS", err=True)
+        typer.echo(f"no Kafka bootstrap servers: {NO_CLUSTER_HINT}", err=True)
         raise typer.Exit(2)
     producer = KafkaProducer(bootstrap_servers=servers.split(","), acks="all")
     now = int(time.time() * 1000)

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import typer
 
-BOOTSTRAP_HELP = (
-    "Kafka bootstrap servers, host:port[,host:port]. Default: $KAFKA_BOOTSTRAP_SERVERS, "
-    "then $INTEREST_STREAM_BOOTSTRAP_SERVERS, then localhost:9092."
-)
+from consumers.kafka_config import bootstrap_help
+
+BOOTSTRAP_HELP = bootstrap_help("localhost:9092")
 
 
 def inspect(

@@ -10,8 +10,9 @@ Two sources:
   without a key otherwise: broken lines still reach the service, which dead-letters them.
 
 Records are keyed by user id, so one user's events stay in order on one partition. The topic is
-created when missing. The cluster is ``--bootstrap-servers``, else ``KAFKA_BOOTSTRAP_SERVERS``, else
-the broker started by ``interest-stream broker start``.
+created when missing. The cluster is ``--bootstrap-servers``, else ``INTEREST_STREAM_BOOTSTRAP_SERVERS``,
+else ``KAFKA_BOOTSTRAP_SERVERS``, else the broker started by ``interest-stream broker start``
+(:func:`consumers.kafka_config.resolve_bootstrap`); with none of them it exits 2.
 
 Example::
 
@@ -41,15 +42,16 @@ from typing import Any
 import msgspec
 import typer
 
+from consumers.kafka_config import NO_CLUSTER_HINT, admin_client, bootstrap_help, resolve_bootstrap
+from consumers.topics import COMPACT_TUNING, TopicMismatchError, TopicSpec, ensure_topics
+
 __all__ = [
     "ProduceStats",
     "demo_records",
-    "ensure_topic",
     "file_records",
     "key_of",
     "produce",
     "publish_catalog",
-    "resolve_bootstrap",
     "send_records",
 ]
 
@@ -111,46 +113,15 @@ def file_records(path: Path) -> tuple[Iterator[Record], int]:
     return ((key_of(line), line) for line in _lines(path)), total
 
 
-def resolve_bootstrap(explicit: str | None) -> str | None:
-    """``--bootstrap-servers``, else ``KAFKA_BOOTSTRAP_SERVERS``, else a live ``broker start`` broker."""
-    from consumers.kafka_config import bootstrap_from_env
+def _create_if_missing(bootstrap: str, spec: TopicSpec) -> bool:
+    """Create ``spec``'s topic with :func:`consumers.topics.ensure_topics` unless it exists; True when created.
 
-    if explicit and explicit.strip():
-        return ",".join(p.strip() for p in explicit.split(",") if p.strip())
-    env = bootstrap_from_env()
-    if env:
-        return env
-    try:
-        from consumers import devbroker
-
-        broker = devbroker.load_state()
-        if broker is not None and broker.is_alive():
-            return broker.bootstrap_servers
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return None
-
-
-def ensure_topic(bootstrap: str, topic: str, *, partitions: int, compact: bool = False) -> bool:
-    """Create ``topic`` if it is missing; True when it was created."""
-    from kafka import KafkaAdminClient
-    from kafka.errors import TopicAlreadyExistsError
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="interest-stream-produce-admin")
-    try:
-        if topic in set(admin.list_topics()):
+    An existing topic is written to as it is: ``produce`` is no judge of its partitions or policy.
+    """
+    with admin_client(bootstrap, "interest-stream-produce-admin") as admin:
+        if spec.name in set(admin.list_topics()):
             return False
-        configs = {"cleanup.policy": "compact"} if compact else {}
-        try:
-            admin.create_topics(
-                {topic: {"num_partitions": partitions, "replication_factor": 1, "configs": configs}},
-                wait_for_metadata=True,
-            )
-        except TopicAlreadyExistsError:
-            return False
-        return True
-    finally:
-        admin.close()
+        return spec.name in ensure_topics(admin, [spec])
 
 
 @dataclass
@@ -235,7 +206,7 @@ def publish_catalog(bootstrap: str, topic: str, *, partitions: int = 3) -> int:
     """Publish the demo catalog on a compacted topic (key = item id); return the number of items."""
     from stream.corpora import demo_corpus
 
-    ensure_topic(bootstrap, topic, partitions=partitions, compact=True)
+    _create_if_missing(bootstrap, TopicSpec("items", topic, partitions, "compact", configs=COMPACT_TUNING))
     records = [
         (doc.item_id.encode(), json.dumps({"item_id": doc.item_id, "text": doc.text, "topic": doc.topic}).encode())
         for doc in demo_corpus().documents
@@ -252,9 +223,7 @@ def produce(
         None, "--file", "-f", exists=True, dir_okay=False, readable=True,
         help="Replay this JSONL file: every non-empty line is sent unchanged, keyed by its user_id when it has one."),
     bootstrap_servers: str | None = typer.Option(
-        None, "--bootstrap-servers", "-b",
-        help="Kafka bootstrap servers host:port[,host:port]. Default: $KAFKA_BOOTSTRAP_SERVERS, "
-             "else the broker of `interest-stream broker start`."),
+        None, "--bootstrap-servers", "-b", help=bootstrap_help("an error (exit code 2)")),
     topic: str = typer.Option("events", "--topic", "-t", help="Topic to write the events to."),
     partitions: int = typer.Option(6, min=1, help="Partitions of the events topic if it has to be created."),
     users: int = typer.Option(200, "--users", min=1, help="--demo: number of simulated users."),
@@ -285,17 +254,13 @@ def produce(
         raise typer.Exit(2)
     bootstrap = resolve_bootstrap(bootstrap_servers)
     if bootstrap is None:
-        console.print(
-            "[red]No Kafka cluster:[/red] pass --bootstrap-servers, set KAFKA_BOOTSTRAP_SERVERS, "
-            "or start a local broker with [bold]interest-stream broker start[/bold]."
-        )
+        console.print(f"[red]No Kafka cluster:[/red] {NO_CLUSTER_HINT}.", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
 
     from kafka.errors import KafkaError
 
     try:
-        created = ensure_topic(bootstrap, topic, partitions=partitions)
-        if created:
+        if _create_if_missing(bootstrap, TopicSpec("events", topic, partitions, "delete")):
             console.print(f"created topic [bold]{topic}[/bold] ({partitions} partitions)")
         if demo and catalog_topic:
             n_items = publish_catalog(bootstrap, catalog_topic)
@@ -313,6 +278,9 @@ def produce(
         stats = send_records(bootstrap, topic, records, total=total, rate=rate, progress=not quiet)
     except KafkaError as exc:
         console.print(f"[red]Kafka error talking to {bootstrap}:[/red] {exc!r}")
+        raise typer.Exit(1) from None
+    except TopicMismatchError as exc:
+        console.print(f"[red]Topic configuration:[/red] {exc}")
         raise typer.Exit(1) from None
 
     from rich.table import Table

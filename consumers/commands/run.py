@@ -1,7 +1,11 @@
 """``interest-stream run``: the streaming service (one consumer-group member).
 
 Settings come from flags, ``INTEREST_STREAM_*`` environment variables and an optional
-TOML file (``--config``), in that order of precedence; see :mod:`consumers.settings`.
+TOML file (``--config``), in that order of precedence; see :mod:`consumers.settings`. The
+cluster follows the rule every command follows (:func:`consumers.kafka_config.resolve_bootstrap`),
+with the file in its place among the settings: ``--bootstrap-servers``, else
+``INTEREST_STREAM_BOOTSTRAP_SERVERS``, else ``bootstrap_servers`` in the file, else
+``KAFKA_BOOTSTRAP_SERVERS``, else the broker of ``interest-stream broker start``, else exit 2.
 
 Example::
 
@@ -17,12 +21,18 @@ from typing import Annotated
 
 import typer
 
+from consumers.kafka_config import BOOTSTRAP_ENV, SERVICE_BOOTSTRAP_ENV, normalise_servers, running_dev_broker
+
 Opt = typer.Option
+BOOTSTRAP_HELP = (
+    f"Kafka bootstrap servers host:port[,...]. Default: ${SERVICE_BOOTSTRAP_ENV}, else bootstrap_servers in "
+    f"--config, else ${BOOTSTRAP_ENV}, else the broker of `interest-stream broker start`, else an error (exit code 2)."
+)
 
 
 def run(
     config: Annotated[Path | None, Opt("--config", "-c", help="TOML config file (top-level keys = setting names; [kafka] and [clustering] tables).", exists=True, dir_okay=False)] = None,
-    bootstrap_servers: Annotated[str | None, Opt(help="Kafka bootstrap servers host:port[,...] (env INTEREST_STREAM_BOOTSTRAP_SERVERS or KAFKA_BOOTSTRAP_SERVERS).")] = None,
+    bootstrap_servers: Annotated[str | None, Opt(help=BOOTSTRAP_HELP)] = None,
     group_id: Annotated[str | None, Opt(help="Consumer group id [default: interest-stream].")] = None,
     events_topic: Annotated[str | None, Opt(help="Input events topic [default: events].")] = None,
     assignments_topic: Annotated[str | None, Opt(help="Assignment-change output topic, compacted [default: assignments].")] = None,
@@ -57,10 +67,10 @@ def run(
     """
     from pydantic import ValidationError
 
-    from consumers.settings import ServiceSettings, parse_kafka_options
+    from consumers.settings import parse_kafka_options
 
     overrides = {
-        "bootstrap_servers": bootstrap_servers, "group_id": group_id, "events_topic": events_topic,
+        "bootstrap_servers": normalise_servers(bootstrap_servers), "group_id": group_id, "events_topic": events_topic,
         "assignments_topic": assignments_topic, "centroids_topic": centroids_topic,
         "dead_letter_topic": dead_letter_topic, "items_topic": items_topic,
         "events_partitions": events_partitions, "batch_max_events": batch_max_events,
@@ -73,7 +83,7 @@ def run(
                        "hysteresis": hysteresis, "model_path": model, "device": device},
     }
     try:
-        settings = ServiceSettings.load(config, overrides)
+        settings = load_settings(config, overrides)
     except (ValidationError, ValueError) as exc:
         typer.echo(f"invalid settings: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -85,3 +95,23 @@ def run(
     from consumers.service import InterestService
 
     raise typer.Exit(InterestService(settings).run())
+
+
+def load_settings(config: Path | None, overrides: dict):
+    """``ServiceSettings.load``; when nothing names the cluster, the live ``broker start`` broker does.
+
+    Flags, ``INTEREST_STREAM_BOOTSTRAP_SERVERS``, the file and ``KAFKA_BOOTSTRAP_SERVERS`` are the
+    settings' own business; only when they leave the bootstrap servers empty (and loading fails) is
+    the development broker tried, by loading again with its address as the flag.
+    """
+    from pydantic import ValidationError
+
+    from consumers.settings import ServiceSettings
+
+    try:
+        return ServiceSettings.load(config, overrides)
+    except (ValidationError, ValueError):
+        broker = None if overrides.get("bootstrap_servers") else running_dev_broker()
+        if broker is None:
+            raise
+        return ServiceSettings.load(config, {**overrides, "bootstrap_servers": broker})

@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 import pytest
+from poison import poison_messages
 from service_harness import (
     ServiceProcess,
     Topics,
@@ -25,6 +26,7 @@ from service_harness import (
     latest_profiles,
     read_all,
     send,
+    stray_records,
     wait_for,
 )
 from sklearn.metrics import normalized_mutual_info_score
@@ -76,7 +78,8 @@ class Feeder(threading.Thread):
 
         try:
             producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5,
-                                     delivery_timeout_ms=180_000, request_timeout_ms=30_000)
+                                     delivery_timeout_ms=180_000, request_timeout_ms=30_000,
+                                     max_request_size=2 * 1024 * 1024)
             start = time.monotonic()
             futures = []
             for i, (key, value) in enumerate(self.records):
@@ -129,6 +132,9 @@ def _final_model(bootstrap: str, topics: Topics, encoder):
 def _check_final_state(bootstrap: str, topics: Topics, scenario, reference, encoder, nmi_tolerance: float):
     """Profiles exact, no duplicate change record, last records consistent with the final state, quality kept."""
     assert committed_offsets(bootstrap, topics.group, topics.events) == end_offsets(bootstrap, topics.events)
+    # 0. every state record in its user's own partition (a rejected record never writes state elsewhere)
+    assert stray_records(bootstrap, topics.profiles_changelog) == []
+    assert stray_records(bootstrap, topics.assignments) == []
     # 1. every profile equal to the fault-free run's: nothing lost, nothing applied twice
     stored = latest_profiles(bootstrap, topics.profiles_changelog)
     assert set(stored) == set(reference.profiles.user_ids()) == set(scenario.truth)
@@ -169,13 +175,29 @@ def _check_final_state(bootstrap: str, topics: Topics, scenario, reference, enco
 
 
 def test_crash_storm(kafka_bootstrap, tmp_path, encoder):
-    """20,000+ events while the member is SIGKILLed at random moments at least 10 times and restarted."""
+    """20,000+ events with 1,000 malformed records of every kind mixed in (among them valid events of
+    real users under non-UTF-8 or foreign keys), while the member is SIGKILLed at random moments at
+    least 10 times and restarted: profiles equal the fault-free run's, every bad record is
+    dead-lettered exactly once, and no state record lands outside its user's partition."""
     topics = Topics.fresh()
     _create(kafka_bootstrap, topics, partitions=3)
-    scenario = simulate(demo_corpus(), n_users=700, mean_events_per_user=30, content="item_id",
+    corpus = demo_corpus()
+    scenario = simulate(corpus, n_users=700, mean_events_per_user=30, content="item_id",
                         drift_fraction=0.2, seed=21)
-    records = _records(scenario)
-    assert len(records) >= 20_000
+    valid = _records(scenario)
+    assert len(valid) >= 20_000
+    bad = poison_messages(1000, seed=21, known_items=[d.item_id for d in corpus.documents],
+                          real_users=scenario.truth)
+    assert any(p.kind == "foreign_key" and p.key.startswith(b"\xff") for p in bad)
+    rng_mix = random.Random(21)
+    slots = sorted(rng_mix.sample(range(len(valid) + len(bad)), len(bad)))
+    records, good, taken = [], iter(valid), 0
+    for i in range(len(valid) + len(bad)):  # valid events keep their order; bad ones fall in between
+        if taken < len(bad) and slots[taken] == i:
+            records.append((bad[taken].key, bad[taken].value))
+            taken += 1
+        else:
+            records.append(next(good))
     feeder = Feeder(kafka_bootstrap, topics.events, records, rate=300)
     feeder.start()
     args = ["--clusters", str(K), "--hysteresis", str(HYSTERESIS), "--batch-max-events", "200",
@@ -208,9 +230,14 @@ def test_crash_storm(kafka_bootstrap, tmp_path, encoder):
         assert final.stop(signal.SIGTERM) == 0, final.log_tail()
     finally:
         final.stop(signal.SIGKILL)
+    dead = read_all(kafka_bootstrap, topics.dead_letters, timeout=60)
+    coordinates = {(r.headers["source_partition"], r.headers["source_offset"]) for r in dead}
+    assert len(dead) == len(coordinates) == len(bad), "every bad record dead-lettered exactly once"
+    assert sorted(r.value for r in dead) == sorted(p.value if p.value is not None else b"" for p in bad)
     reference = _reference(encoder, scenario, batch=200)
     nmi_faults, nmi_clean = _check_final_state(kafka_bootstrap, topics, scenario, reference, encoder, 0.01)
-    print(f"crash storm: {kills} kills, {len(records)} events, NMI {nmi_faults:.4f} vs fault-free {nmi_clean:.4f}")
+    print(f"crash storm: {kills} kills, {len(valid)} events + {len(bad)} bad records, "
+          f"NMI {nmi_faults:.4f} vs fault-free {nmi_clean:.4f}")
 
 
 def test_broker_restart_mid_stream(kafka_bootstrap, kafka_broker, tmp_path, encoder):

@@ -60,9 +60,10 @@ def test_decode_histories_keeps_tombstones_and_counts_garbage():
 
 def test_bootstrap_and_kafka_options():
     env = {"KAFKA_BOOTSTRAP_SERVERS": "k:1", "INTEREST_STREAM_BOOTSTRAP_SERVERS": "i:2"}
-    assert resolve_bootstrap(None, env) == "k:1"
+    assert resolve_bootstrap(None, env) == "i:2"  # one rule for every command: INTEREST_STREAM_ first
     assert resolve_bootstrap("  ", {"INTEREST_STREAM_BOOTSTRAP_SERVERS": "i:2"}) == "i:2"
-    assert resolve_bootstrap(None, {}) == "localhost:9092"
+    assert resolve_bootstrap(None, {"KAFKA_BOOTSTRAP_SERVERS": "k:1"}) == "k:1"
+    assert resolve_bootstrap(None, {}, dev_broker=False) is None  # inspect/report then use DEFAULT_BOOTSTRAP
     with pytest.raises(ValueError):
         parse_kafka_options(["novalue"])
 

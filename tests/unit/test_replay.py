@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import msgspec
 import numpy as np
 import pytest
 import typer
+from fake_encoders import HashEncoder
 from jsonschema import Draft202012Validator
 from typer.testing import CliRunner
 
@@ -114,24 +114,6 @@ def test_replay_command_end_to_end_with_real_model(tmp_path):
     assert sum(bool(c["label_terms"]) for c in doc["clusters"]) >= k - 1
     # the summary table was printed
     assert "replay summary" in result.output and "unknown_item" in result.output
-
-
-class HashEncoder:
-    """Deterministic fake encoder: one random unit vector per text."""
-
-    dim = 16
-
-    def __init__(self) -> None:
-        self.texts = 0
-
-    def encode(self, texts):
-        self.texts += len(texts)
-        rows = []
-        for t in texts:
-            seed = int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little")
-            v = np.random.default_rng(seed).normal(size=self.dim)
-            rows.append(v / np.linalg.norm(v))
-        return np.asarray(rows, dtype=np.float32)
 
 
 def test_run_replay_is_reproducible_and_accounts_for_every_line(tmp_path):

@@ -68,3 +68,19 @@ def test_readme_documents_every_setting():
         assert f"`{name}`" in readme, f"README does not document the clustering setting {name}"
     for command in ("make demo", "make test", "interest-stream run", "replay", "forget", "inspect", "report"):
         assert command in readme
+
+
+def test_every_setting_is_read_by_the_service():
+    # A setting nothing reads (like the removed assignments_partitions: the assignments topic takes the
+    # events topic's partition count) misleads operators. Each must be read outside its declaration:
+    # by the running system in consumers/, or by a method of the settings class itself.
+    import re
+
+    sources = [p.read_text() for p in (REPO / "consumers").rglob("*.py") if p.name != "settings.py"]
+    own = (REPO / "consumers" / "settings.py").read_text()
+    unread = []
+    for name in ServiceSettings.model_fields:
+        used = re.compile(rf"\.{name}\b|[\"']{name}[\"']")
+        if not any(used.search(text) for text in sources) and not re.search(rf"\bself\.{name}\b", own):
+            unread.append(name)
+    assert not unread, f"settings nothing reads: {unread}"

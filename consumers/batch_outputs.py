@@ -1,0 +1,122 @@
+"""The records one batch publishes, each in its place.
+
+:class:`BatchOutputs` turns a :class:`stream.pipeline.BatchResult` into the records of the
+batch's transaction:
+
+- the **profiles changelog**: the new profile of every user the batch *applied* an event of
+  (``updated_users``), a tombstone for every forgotten user;
+- the **assignments topic**: the changes, and a tombstone for every forgotten user;
+- both in the user's own partition (:class:`consumers.partitioning.UserPartitioner`), never
+  in the partition of some record that named the user: a rejected record writes nothing;
+- the **centroids topic**: the snapshots;
+- the **dead-letter topic**: every rejected record, its original key and bytes, with the
+  reason and source coordinates as headers;
+- the **model updates log**: the trainer step (statistics, label statistics), so a restore
+  can replay it exactly; and every ``model_snapshot_every`` batches the whole model on the
+  **model changelog**, with the offset of the last logged step it includes.
+
+Valid events found off their user's partition are dead-lettered as ``wrong_partition``
+(:meth:`BatchOutputs.misrouted`).
+
+Example (the centroid and dead-letter records of a result; no users):
+
+>>> from types import SimpleNamespace as NS
+>>> from consumers.partitioning import UserPartitioner
+>>> topics = NS(profiles="p", assignments="a", centroids="c", dead_letters="d", model="m", updates="u")
+>>> outputs = BatchOutputs(topics, UserPartitioner(3), writer=b"g-1", model_snapshot_every=100)
+>>> rec = NS(key=b"k", value=b"oops", topic="events", partition=0, offset=7)
+>>> result = NS(updated_users=[], tombstones=[], changes=[], snapshots=[], stats=None,
+...             dead_letters=[(rec, NS(reason="not_json", detail="expected value"))])
+>>> [(s.topic, s.key, s.value) for s in outputs.batch(result, pipeline=None, now_ms=0)]
+[('d', b'k', b'oops')]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from consumers.batch_committer import Send, dlq_headers
+from consumers.partitioning import UserPartitioner
+from stream.events import RejectReason
+from stream.model_state import model_state_to_bytes, model_update_to_bytes
+from stream.profiles import profile_to_bytes
+from stream.records import encode_record
+
+__all__ = ["BatchOutputs"]
+
+WRONG_PARTITION = RejectReason.WRONG_PARTITION.value
+
+
+class BatchOutputs:
+    """Builds the records of a batch (see the module docstring).
+
+    ``topics`` names ``profiles``, ``assignments``, ``centroids``, ``dead_letters``, ``model``
+    (the model changelog) and ``updates`` (the trainer-step log). ``writer`` keys the steps
+    (the member's transactional id).
+    """
+
+    def __init__(self, topics: Any, users: UserPartitioner, *, writer: bytes, model_snapshot_every: int) -> None:
+        self.topics = topics
+        self.users = users
+        self.writer = writer
+        self.model_snapshot_every = model_snapshot_every
+        self.since_model_snapshot = 0
+        self.updates_offset = 0  # offset of the last committed trainer step (named in model snapshots)
+
+    def batch(self, out: Any, pipeline: Any, now_ms: int) -> list[Send]:
+        """Every record of one batch's result, in the order they are published."""
+        t, owner = self.topics, self.users.owner
+        sends: list[Send] = []
+        for user in out.updated_users:
+            sends.append(Send(t.profiles, user.encode(), profile_to_bytes(*pipeline.profiles.raw(user)), [],
+                              owner(user)))
+        for user in out.tombstones:
+            sends.append(Send(t.profiles, user.encode(), None, [], owner(user)))
+            sends.append(Send(t.assignments, user.encode(), None, [], owner(user)))
+        sends.extend(self.changes(out.changes))
+        for snap in out.snapshots:
+            sends.append(Send(t.centroids, str(snap.cluster).encode(), encode_record(snap)))
+        for rec, rejection in out.dead_letters:
+            sends.append(Send(t.dead_letters, rec.key, rec.value if rec.value is not None else b"",
+                              dlq_headers(rec.topic, rec.partition, rec.offset, rejection.reason, rejection.detail)))
+        if out.stats is not None:  # the trainer step, so a restore can replay it exactly
+            sends.append(Send(t.updates, self.writer,
+                              model_update_to_bytes(pipeline.trainer.updates, out.stats, out.label_stats, now_ms),
+                              [], 0))
+        self.since_model_snapshot += 1
+        if pipeline is not None and self.since_model_snapshot >= self.model_snapshot_every \
+                and pipeline.model.is_initialised:
+            sends.append(self.model_snapshot(pipeline))
+        return sends
+
+    def changes(self, changes: list) -> list[Send]:
+        """Assignment-change records, each in its user's partition (also the idle sweep's)."""
+        owner = self.users.owner
+        return [Send(self.topics.assignments, c.user_id.encode(), encode_record(c), [], owner(c.user_id))
+                for c in changes]
+
+    def misrouted(self, misrouted: list) -> list[Send]:
+        """Dead letters for valid events found off their user's partition (``wrong_partition``)."""
+        owner, n = self.users.owner, self.users.n_partitions
+        return [Send(self.topics.dead_letters, rec.key, rec.value if rec.value is not None else b"",
+                     dlq_headers(rec.topic, rec.partition, rec.offset, WRONG_PARTITION,
+                                 f"user {user[:60]!r} belongs to partition {owner(user)} of {n} (Kafka's default "
+                                 f"partitioner on the user id), not {rec.partition}: produce events keyed by user_id"))
+                for rec, user in misrouted]
+
+    def model_snapshot(self, pipeline: Any) -> Send:
+        """The whole model for the model changelog (resets the snapshot schedule)."""
+        self.since_model_snapshot = 0
+        return Send(self.topics.model, b"model",
+                    model_state_to_bytes(pipeline, writer=self.writer.decode(), updates_offset=self.updates_offset),
+                    [], 0)
+
+    def snapshot_pending(self) -> bool:
+        """Whether batches were committed since the last model snapshot (the final one at shutdown)."""
+        return self.since_model_snapshot > 0
+
+    def committed(self, sends: list[Send], futures: list) -> None:
+        """Note what a successful commit published (the offset of its trainer step)."""
+        for send, future in zip(sends, futures, strict=False):
+            if send.topic == self.topics.updates and future is not None and future.is_done and future.succeeded():
+                self.updates_offset = future.value.offset

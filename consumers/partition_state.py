@@ -1,0 +1,239 @@
+"""Which events partitions this member owns, and the state it holds for them.
+
+The consumer group decides which partitions of the events topic a member owns; the member holds
+the state (profiles, last assignments) of exactly the users of those partitions, restored from the
+co-partitioned changelogs (:mod:`consumers.changelog`), plus the model.
+
+:class:`PartitionState` keeps that straight with two pieces of state:
+
+- ``pending``: an assignment the group handed over (noted by :meth:`listener`'s callback,
+  which runs inside ``poll`` on the client's network loop, so it only notes it and pauses the
+  partitions) and not applied yet. :meth:`apply_pending` applies it between batches: drops the
+  users of partitions lost, restores the partitions gained, resumes, reports ready. Events are
+  never processed for a partition whose state is not loaded: its partitions stay paused;
+- ``from_scratch``: the in-memory state is empty and must be rebuilt from Kafka, with the model,
+  and every owned partition re-read from its committed offset. True at start-up, and again after
+  :meth:`rebuild`: a batch that was not committed leaves the in-memory state ahead of what Kafka
+  holds, and the changelogs plus the committed offsets are the only truth.
+
+``rebalances`` counts revocations: a batch polled before a revocation and committed after it could
+lose or double events on the partition's new owner, so the service drops such a batch
+(:meth:`rebalanced_since`) and rebuilds instead.
+
+Example (a fake consumer; no partitions change hands, so nothing needs Kafka):
+
+>>> from types import SimpleNamespace as NS
+>>> from stream.metrics import ServiceMetrics
+>>> state = PartitionState(NS(events_topic="events"), ServiceMetrics(), retry=None, set_ready=lambda ok: None)
+>>> state.from_scratch, state.pending
+(True, None)
+>>> mark = state.rebalances
+>>> state.listener().on_partitions_revoked([])
+>>> state.rebalanced_since(mark)
+True
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from consumers.changelog import read_from, read_latest, restore_assignments, restore_profiles
+from consumers.kafka_retry import FatalKafkaError, KafkaRetry
+from consumers.partitioning import UserPartitioner
+from stream.metrics import ServiceMetrics
+from stream.model_state import ModelStateError, apply_model_update, restore_model_state
+
+log = logging.getLogger("interest_stream.service")
+
+__all__ = ["PartitionState"]
+
+
+class PartitionState:
+    """Owned partitions, their restore, and the rebuild after a failed commit (see the module docstring)."""
+
+    def __init__(self, settings: Any, metrics: ServiceMetrics, *, retry: KafkaRetry | None,
+                 set_ready: Callable[[bool], None], on_revoked: Callable[[list], None] | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.retry = retry
+        self.set_ready = set_ready
+        self.on_revoked = on_revoked
+        self.users: UserPartitioner | None = None  # known once the events topic's partition count is
+        self.consumer: Any = None  # the events consumer, paused by the listener on an assignment
+        self.owned: set[int] = set()
+        self.pending: set[int] | None = None
+        self.from_scratch = True
+        self.rebalances = 0
+
+    # ------------------------------------------------------------------ the group's callbacks
+    def listener(self):
+        """A kafka-python rebalance listener that notes assignments for :meth:`apply_pending`."""
+        from kafka.consumer.subscription_state import ConsumerRebalanceListener
+
+        state = self
+        topic = self.settings.events_topic
+
+        class Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked):
+                state.rebalances += 1
+                log.info("partitions revoked: %s", sorted((tp.topic, tp.partition) for tp in revoked))
+                state.set_ready(False)
+                if state.on_revoked is not None:
+                    state.on_revoked(list(revoked))
+
+            def on_partitions_assigned(self, assigned):
+                # Runs inside poll, on the client's network loop: only note the assignment and pause the
+                # partitions; the loop restores their state before resuming them (heartbeats go on).
+                log.info("partitions assigned: %s", sorted((tp.topic, tp.partition) for tp in assigned))
+                if assigned:
+                    state.consumer.pause(*assigned)
+                state.pending = {tp.partition for tp in assigned if tp.topic == topic}
+
+        return Listener()
+
+    def rebalanced_since(self, mark: int) -> bool:
+        """Whether a revocation happened since ``rebalances`` was ``mark``."""
+        return self.rebalances != mark
+
+    # ------------------------------------------------------------------ applying an assignment
+    def apply_pending(self, consumer, pipeline) -> bool:
+        """Drop the users of partitions lost, restore those gained (all, when rebuilding), resume, report
+        ready. False when a stop was requested while Kafka was unreachable (nothing applied)."""
+        assigned = self.pending if self.pending is not None else set(self.owned)
+        lost, gained = self.owned - assigned, assigned - self.owned
+        if lost:
+            self._drop(pipeline, lost)
+            self.owned -= lost
+        if gained or self.from_scratch:
+            if self._call("restore", lambda: self._restore(pipeline, sorted(gained))) is None:
+                return False
+        if self.from_scratch:
+            if self._call("recover", lambda: self._seek_to_committed(consumer, assigned)) is None:
+                return False
+            self.from_scratch = False
+        self.pending = None
+        self.owned = set(assigned)
+        paused = consumer.paused()
+        if paused:
+            consumer.resume(*paused)
+        self.set_ready(bool(assigned))
+        return True
+
+    def rebuild(self, consumer) -> None:
+        """After a failed commit: forget what is held; the next :meth:`apply_pending` restores every owned
+        partition and the model from Kafka and re-reads each partition from its committed offset."""
+        self.set_ready(False)
+        if self.pending is None:
+            self.pending = set(self.owned)
+        self.owned = set()
+        self.from_scratch = True
+        assigned = consumer.assignment()
+        if assigned:
+            consumer.pause(*assigned)
+
+    @property
+    def needs_apply(self) -> bool:
+        """Whether :meth:`apply_pending` must run before the next batch."""
+        return self.pending is not None or self.from_scratch
+
+    # ------------------------------------------------------------------ the work
+    def _drop(self, pipeline, partitions: set[int]) -> None:
+        owner = self.users.owner
+        users = [u for u in pipeline.profiles.user_ids() if owner(u) in partitions]
+        for user in users:
+            pipeline.profiles.forget(user)
+            pipeline.tracker.forget(user)
+        log.info("dropped the state of %d users of partitions %s (no longer owned)", len(users), sorted(partitions))
+
+    def _restore(self, pipeline, partitions: list[int]) -> bool:
+        """Restore profiles and last assignments of ``partitions`` (and, from scratch, the model)."""
+        s, m = self.settings, self.metrics
+        profiles_topic, _, _ = s.changelog_topics()
+        opts = s.kafka_client_options()
+        t0 = time.monotonic()
+        m.restore_progress.set(0.0)
+        self.set_ready(False)
+
+        def progress(done: int, total: int) -> None:
+            m.restore_progress.set(done / total if total else 1.0)
+
+        strays: dict[str, int] = {}
+
+        def stray(topic: str, key: bytes, partition: int) -> None:
+            # A record in a partition that does not own its key (an older version wrote it there, see
+            # consumers/partitioning.py): the owner partition's record is the user's state; skip it.
+            strays[topic] = strays.get(topic, 0) + 1
+            m.restore_strays.labels(topic=topic).inc()
+            if strays[topic] <= 5:
+                log.warning("restore: %s[%d] holds a record for %r, whose owner partition is %d: skipped "
+                            "(the owner partition's record wins)", topic, partition, key[:60],
+                            self.users.owner_of_key(key))
+
+        owner = self.users.owner_of_key
+        try:
+            restored = restore_profiles(opts, profiles_topic, partitions, pipeline.profiles, progress=progress,
+                                        owner_of_key=owner, on_stray=stray)
+        except ValueError as exc:
+            raise FatalKafkaError(f"cannot restore profiles: {exc}; use a new group id or changelog topic") from exc
+        n_assigned = restore_assignments(opts, s.assignments_topic, partitions, pipeline.tracker,
+                                         owner_of_key=owner, on_stray=stray)
+        if strays:
+            log.warning("restore skipped stray records (key not owned by their partition): %s", strays)
+        if self.from_scratch:
+            self._restore_model(pipeline, opts)
+        took = time.monotonic() - t0
+        m.restore_progress.set(1.0)
+        m.restore_seconds.set(took)
+        m.users.set(len(pipeline.profiles))
+        log.info("restored partitions %s: %d profiles, %d assignments, model version %d, %.2f s",
+                 partitions, len(restored), n_assigned, pipeline.model.version, took)
+        return True
+
+    def _restore_model(self, pipeline, opts: dict) -> None:
+        """The latest model snapshot, then its writer's logged trainer steps after it: the exact model."""
+        s = self.settings
+        _, model_topic, updates_topic = s.changelog_topics()
+        model = read_latest(opts, model_topic, [0], max_fetch_bytes=2 * s.max_request_size)
+        data = model.get(b"model", (0, None))[1]
+        writer, start = s.transactional_id, 0
+        if data is not None:
+            try:
+                restored = restore_model_state(pipeline, data)
+            except ModelStateError as exc:
+                raise FatalKafkaError(f"cannot restore the model from {model_topic}: {exc}") from exc
+            writer, start = restored.writer or s.transactional_id, restored.updates_offset
+            for change in restored.changes:  # live settings changed since the snapshot: they apply now
+                log.warning("%s", change)
+        steps = read_from(opts, updates_topic, 0, start, key=writer.encode(), max_fetch_bytes=2 * s.max_request_size)
+        replayed = 0
+        for value in steps:
+            before = pipeline.trainer.updates
+            try:
+                if apply_model_update(pipeline, value) > before:
+                    replayed += 1
+            except (ModelStateError, ValueError) as exc:
+                log.warning("model update log of %s stops early (%s); continuing from step %d",
+                            writer, exc, pipeline.trainer.updates)
+                break
+        log.info("model restored: snapshot %s, %d logged steps replayed (writer %s), version %d",
+                 "found" if data is not None else "absent", replayed, writer, pipeline.model.version)
+
+    def _seek_to_committed(self, consumer, partitions: set[int]) -> bool:
+        from kafka import TopicPartition
+
+        for p in partitions:
+            tp = TopicPartition(self.settings.events_topic, p)
+            if tp not in consumer.assignment():
+                continue
+            committed = consumer.committed(tp)
+            if committed is None:
+                consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, committed)
+        return True
+
+    def _call(self, operation: str, fn: Callable[[], Any]) -> Any:
+        return fn() if self.retry is None else self.retry.call(operation, fn)
