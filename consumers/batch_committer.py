@@ -62,7 +62,7 @@ from typing import Any, NamedTuple
 
 from consumers.kafka_compat import finish_transaction_step
 from consumers.kafka_config import is_fatal
-from consumers.kafka_retry import FatalKafkaError, KafkaRetry, fatal
+from consumers.kafka_retry import FatalKafkaError, KafkaRetry, call, fatal
 from stream.metrics import ServiceMetrics
 
 log = logging.getLogger("interest_stream.service")
@@ -76,7 +76,7 @@ class Send(NamedTuple):
     topic: str
     key: bytes | None
     value: bytes | None
-    headers: list | tuple = ()
+    headers: list | None = None  # (str, bytes) pairs
     partition: int | None = None
     timestamp_ms: int | None = None
 
@@ -227,7 +227,7 @@ class BatchCommitter:
         return futures
 
     def _send(self, sends: list[Send]) -> list:
-        return [self.producer.send(topic, key=key, value=value, headers=list(headers), partition=partition,
+        return [self.producer.send(topic, key=key, value=value, headers=headers, partition=partition,
                                    timestamp_ms=timestamp_ms)
                 for topic, key, value, headers, partition, timestamp_ms in sends]
 
@@ -239,7 +239,7 @@ class BatchCommitter:
         return futures
 
     def _call(self, operation: str, fn: Callable[[], Any]) -> Any:
-        return fn() if self.retry is None else self.retry.call(operation, fn)
+        return call(self.retry, operation, fn)
 
 
 def _is_kafka_error(exc: BaseException) -> bool:

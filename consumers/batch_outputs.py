@@ -68,11 +68,11 @@ class BatchOutputs:
         t, owner = self.topics, self.users.owner
         sends: list[Send] = []
         for user in out.updated_users:
-            sends.append(Send(t.profiles, user.encode(), profile_to_bytes(*pipeline.profiles.raw(user)), [],
-                              owner(user)))
+            sends.append(Send(t.profiles, user.encode(), profile_to_bytes(*pipeline.profiles.raw(user)),
+                              partition=owner(user)))
         for user in out.tombstones:
-            sends.append(Send(t.profiles, user.encode(), None, [], owner(user)))
-            sends.append(Send(t.assignments, user.encode(), None, [], owner(user)))
+            sends.append(Send(t.profiles, user.encode(), None, partition=owner(user)))
+            sends.append(Send(t.assignments, user.encode(), None, partition=owner(user)))
         sends.extend(self.changes(out.changes))
         for snap in out.snapshots:
             sends.append(Send(t.centroids, str(snap.cluster).encode(), encode_record(snap)))
@@ -82,7 +82,7 @@ class BatchOutputs:
         if out.stats is not None:  # the trainer step, so a restore can replay it exactly
             sends.append(Send(t.updates, self.writer,
                               model_update_to_bytes(pipeline.trainer.updates, out.stats, out.label_stats, now_ms),
-                              [], 0))
+                              partition=0))
         self.since_model_snapshot += 1
         if pipeline is not None and self.since_model_snapshot >= self.model_snapshot_every \
                 and pipeline.model.is_initialised:
@@ -92,7 +92,7 @@ class BatchOutputs:
     def changes(self, changes: list) -> list[Send]:
         """Assignment-change records, each in its user's partition (also the idle sweep's)."""
         owner = self.users.owner
-        return [Send(self.topics.assignments, c.user_id.encode(), encode_record(c), [], owner(c.user_id))
+        return [Send(self.topics.assignments, c.user_id.encode(), encode_record(c), partition=owner(c.user_id))
                 for c in changes]
 
     def misrouted(self, misrouted: list) -> list[Send]:
@@ -109,7 +109,7 @@ class BatchOutputs:
         self.since_model_snapshot = 0
         return Send(self.topics.model, b"model",
                     model_state_to_bytes(pipeline, writer=self.writer.decode(), updates_offset=self.updates_offset),
-                    [], 0)
+                    partition=0)
 
     def snapshot_pending(self) -> bool:
         """Whether batches were committed since the last model snapshot (the final one at shutdown)."""

@@ -39,7 +39,7 @@ from stream.metrics import ServiceMetrics
 
 log = logging.getLogger("interest_stream.service")
 
-__all__ = ["FatalKafkaError", "KafkaRetry"]
+__all__ = ["FatalKafkaError", "KafkaRetry", "call"]
 
 T = TypeVar("T")
 
@@ -76,6 +76,11 @@ class KafkaRetry:
                 log.warning("Kafka %s failed (%s: %s); retrying in %.1f s", operation, type(exc).__name__, exc, delay)
                 if self.stop.wait(delay):
                     return None
+
+
+def call(retry: KafkaRetry | None, operation: str, fn: Callable[[], T]) -> T | None:
+    """``retry.call(operation, fn)``, or ``fn()`` once when there is no retry policy (tests, doctests)."""
+    return fn() if retry is None else retry.call(operation, fn)
 
 
 def fatal(operation: str, exc: BaseException) -> FatalKafkaError:

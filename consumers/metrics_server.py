@@ -86,9 +86,6 @@ class MetricsServer:
         """Called by the processing loop on every iteration (liveness)."""
         self._last_tick = time.monotonic()
 
-    def alive(self) -> bool:
-        return self.problem() is None
-
     def add_health_check(self, check: Callable[[], str | None]) -> None:
         """Register ``check() -> None`` (healthy) or a reason string (``/healthz`` then answers 503)."""
         self._checks.append(check)

@@ -41,7 +41,7 @@ from collections.abc import Callable
 from typing import Any
 
 from consumers.changelog import read_from, read_latest, restore_assignments, restore_profiles
-from consumers.kafka_retry import FatalKafkaError, KafkaRetry
+from consumers.kafka_retry import FatalKafkaError, KafkaRetry, call
 from consumers.partitioning import UserPartitioner
 from stream.metrics import ServiceMetrics
 from stream.model_state import ModelStateError, apply_model_update, restore_model_state
@@ -236,4 +236,4 @@ class PartitionState:
         return True
 
     def _call(self, operation: str, fn: Callable[[], Any]) -> Any:
-        return fn() if self.retry is None else self.retry.call(operation, fn)
+        return call(self.retry, operation, fn)
