@@ -105,6 +105,23 @@ def read_from(
 
     With ``key``, only the records with that key. ``start`` beyond the log start is clamped.
     """
+    return [value for _, value in read_range(options, topic, partition, start, key=key, timeout_s=timeout_s,
+                                             max_fetch_bytes=max_fetch_bytes)]
+
+
+def read_range(
+    options: Mapping[str, Any],
+    topic: str,
+    partition: int,
+    start: int,
+    stop: int | None = None,
+    *,
+    key: bytes | None = None,
+    timeout_s: float = 600.0,
+    max_fetch_bytes: int = 32 * 1024 * 1024,
+) -> list[tuple[int, bytes]]:
+    """``(offset, value)`` of ``partition`` of ``topic`` from ``start`` up to ``stop`` (default: the end),
+    read_committed, in order. ``start`` before the log start is clamped; tombstones are skipped."""
     from kafka import TopicPartition
 
     consumer = _restore_consumer(options, max_fetch_bytes)
@@ -113,15 +130,20 @@ def read_from(
         consumer.assign([tp])
         begin = consumer.beginning_offsets([tp])[tp]
         end = consumer.end_offsets([tp])[tp]
-        consumer.seek(tp, max(begin, min(start, end)))
-        values: list[bytes] = []
+        if stop is not None:
+            end = min(end, stop)
+        out: list[tuple[int, bytes]] = []
+        if max(begin, start) >= end:
+            return out
+        consumer.seek(tp, max(begin, start))
 
         def keep(_tp, records) -> None:
-            values.extend(r.value for r in records if r.value is not None and (key is None or r.key == key))
+            out.extend((r.offset, r.value) for r in records
+                       if r.value is not None and r.offset < end and (key is None or r.key == key))
 
         read_to_end(consumer, [tp], keep, end_offsets={tp: end}, timeout_s=timeout_s, max_records=10_000,
                     poll_timeout_ms=500, what=f"{topic}[{partition}]")
-        return values
+        return out
     finally:
         consumer.close()
 

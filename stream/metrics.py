@@ -54,6 +54,14 @@ METRIC_HELP: dict[str, str] = {
     "interest_restore_stray_records_total": "Restored records skipped: their partition does not own their key (the owner partition's record wins), by topic.",
     "interest_group_stuck_seconds": "How long this member has been outside the consumer group, or without partitions while some are unowned (0 when fine).",
     "interest_group_recoveries_total": "Recoveries from a stuck consumer-group membership, by action (rejoin, exit).",
+    "interest_trainer_role": "1 while this member is the group's trainer (owns the statistics partition), else 0.",
+    "interest_trainer_statistics_lag_records": "On the trainer: statistics records written but not yet applied.",
+    "interest_trainer_statistics_applied_total": "Statistics records this member applied as the trainer.",
+    "interest_trainer_takeovers_total": "Times this member took the trainer role (restored the model and continued).",
+    "interest_model_versions_published_total": "Model versions this member published as the trainer.",
+    "interest_model_staleness_seconds": "On the trainer: time from a worker building a statistics record to the commit of the model version that includes it.",
+    "interest_model_versions_behind": "Newest model version seen on the model topic minus the version this member assigns with.",
+    "interest_model_version_age_seconds": "Seconds since the newest model version this member has seen was published.",
 }
 
 
@@ -120,6 +128,24 @@ class ServiceMetrics:
         self.group_recoveries = Counter(
             "interest_group_recoveries", h["interest_group_recoveries_total"], ["action"], registry=r
         )
+
+        self.trainer_role = Gauge("interest_trainer_role", h["interest_trainer_role"], registry=r)
+        self.trainer_lag = Gauge(
+            "interest_trainer_statistics_lag_records", h["interest_trainer_statistics_lag_records"], registry=r
+        )
+        self.trainer_applied = Counter(
+            "interest_trainer_statistics_applied", h["interest_trainer_statistics_applied_total"], registry=r
+        )
+        self.trainer_takeovers = Counter("interest_trainer_takeovers", h["interest_trainer_takeovers_total"], registry=r)
+        self.versions_published = Counter(
+            "interest_model_versions_published", h["interest_model_versions_published_total"], registry=r
+        )
+        self.model_staleness = Histogram(
+            "interest_model_staleness_seconds", h["interest_model_staleness_seconds"], buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.versions_behind = Gauge("interest_model_versions_behind", h["interest_model_versions_behind"], registry=r)
+        self.model_age = Gauge("interest_model_version_age_seconds", h["interest_model_version_age_seconds"], registry=r)
 
     def exposition(self) -> bytes:
         """The text exposition format of every metric (what ``/metrics`` serves)."""

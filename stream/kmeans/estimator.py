@@ -483,6 +483,49 @@ class MiniBatchKMeans(base.Clusterer):
         self.n_refines_adopted += 1
         return True, replaced
 
+    # ------------------------------------------------------------------ following a shared model
+    def follow(
+        self, centroids: np.ndarray, counts: np.ndarray, version: int, n_applied: int, reservoir_ids: np.ndarray
+    ) -> np.ndarray | None:
+        """Become a copy of another model's centroids, for assigning and summarising only.
+
+        A worker of a consumer group assigns users with the model a single trainer publishes
+        (:mod:`stream.shared_model`): ``centroids`` (float32, what :meth:`similarities` uses),
+        decayed ``counts``, ``version``, the trainer's ``n_applied`` (warm-up) and the point ids
+        its reservoir holds (so :meth:`summarise` knows which rows are refreshes). The worker's
+        own sampling generator is kept: each worker draws its own reservoir keys. Returns the
+        per-cluster movement from the centroids held before (``None`` if there were none).
+        """
+        c32 = np.ascontiguousarray(centroids, dtype=np.float32)
+        if c32.shape[0] != self.n_clusters:
+            raise ValueError(f"a model of {c32.shape[0]} clusters cannot be followed by one of {self.n_clusters}")
+        old = self._centroids
+        self._dim = int(c32.shape[1])
+        self._centroids = c32.astype(np.float64)
+        self._c32 = c32
+        self._counts = np.array(counts, dtype=np.float64)
+        self._buffer = None
+        self._n_applied = int(n_applied)
+        self.version = int(version)
+        reservoir = Reservoir()
+        reservoir.ids = np.array(reservoir_ids, dtype=np.uint64)
+        reservoir.keys = np.zeros(reservoir.ids.shape[0], dtype=np.float64)
+        reservoir.age = np.zeros(reservoir.ids.shape[0], dtype=np.float64)
+        self._reservoir = reservoir
+        if old is None or old.shape != self._centroids.shape:
+            return None
+        return self._movement(old, self._centroids)
+
+    @property
+    def reservoir_ids(self) -> np.ndarray:
+        """The point ids the reservoir holds (a copy; 0 = anonymous)."""
+        return self._reservoir.ids.copy()
+
+    @property
+    def n_applied(self) -> int:
+        """Statistics applied so far (the warm-up counts these)."""
+        return self._n_applied
+
     # ------------------------------------------------------------------ state
     def to_bytes(self) -> bytes:
         """The full state (params, centroids, counts, reservoir, schedule, RNGs): see :mod:`stream.kmeans.codec`."""
