@@ -28,6 +28,7 @@ class Only(StrEnum):
     speed = "speed"
     service = "service"
     state = "state"
+    trainer = "trainer"
 
 
 app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
@@ -38,7 +39,7 @@ def main(
     only: list[Only] = typer.Option(
         None,
         "--only",
-        help="Run only this benchmark (repeatable): quality, movielens, speed, service or state. Default: all.",
+        help="Run only this benchmark (repeatable): quality, movielens, speed, service, state or trainer. Default: all.",
     ),
     quick: bool = typer.Option(
         False,
@@ -153,6 +154,13 @@ def main(
 
         report.print("\n[bold underline]5. Durable state and exactly-once[/]")
         state.run(report, quick=quick)
+
+    if Only.trainer in chosen:
+        from bench import trainer
+
+        report.print("\n[bold underline]6. One model for the group: the trainer's capacity[/]")
+        trainer.run(report, quick=quick, seed=seed)
+        trainer.run_staleness(report, movielens_dir=movielens, quick=quick)
 
     report.print()
     report.targets_table(title="Summary of targets")

@@ -8,7 +8,7 @@ without waiting, at batch boundaries. The service adopts the newest version betw
 (:meth:`stream.pipeline.Pipeline.adopt`).
 
 Records other than versions (the trainer's own state) are skipped; a version record that
-does not decode is logged and counted as a dead letter reason, never applied.
+does not decode is logged and skipped (counted in ``bad_records``), never applied.
 
 Example (a fake reader holding two versions and the trainer's state):
 

@@ -1,36 +1,51 @@
-"""The streaming service: one consumer-group member running the worker and trainer stages.
+"""The streaming service: one consumer-group member, a worker for its partitions' users that follows the group's model.
 
 Loop, per micro-batch:
 
-1. poll the events topic until ``batch_max_events`` records arrived or
+1. between batches, adopt the newest model version the group's trainer committed on the model
+   topic (:mod:`consumers.model_follower`, :meth:`stream.pipeline.Pipeline.adopt`; ``_follow_model``),
+   so that every batch is assessed with one version;
+2. poll the events topic until ``batch_max_events`` records arrived or
    ``batch_max_wait_ms`` passed since the first one (low latency at low rates, large
    batches at high rates);
-2. run the same :class:`stream.pipeline.Pipeline` that ``interest-stream replay`` runs
-   (decode, embed, fold profiles, k-means statistics, trainer update, assignments);
-3. publish assignment changes (compacted, key = user id; a tombstone for a forgotten
-   user), centroid snapshots (compacted, key = cluster id), dead letters (original
-   bytes, reason and source coordinates in headers), the changed profiles on the
-   profiles changelog and, every few batches, the model on the model changelog;
-4. commit. ``exactly_once`` (default): all of step 3 and the consumed offsets
+3. run the same :class:`stream.pipeline.Pipeline` that ``interest-stream replay`` runs, with
+   ``train=False`` (decode, embed, fold profiles, assess the touched users against the adopted
+   version and re-check the users of clusters it moved, summarise the batch into k-means
+   statistics); before the first version exists, users are held (the warm-up) and assessed
+   once it arrives;
+4. publish assignment changes (compacted, key = user id, each naming the model version it was
+   computed with; a tombstone for a forgotten user), dead letters (original bytes, reason and
+   source coordinates in headers), the changed profiles on the profiles changelog and the
+   batch's statistics record on the one-partition statistics topic, for the trainer;
+5. commit. ``exactly_once`` (default): all of step 4 and the consumed offsets
    (``send_offsets_to_transaction`` with the consumer's group metadata) commit in one
    transaction; if anything fails the transaction aborts, the member rebuilds its state
    from the changelogs and re-reads from the committed offsets. ``at_least_once``:
    outputs are flushed and acknowledged, then offsets are committed.
 
-State: on every partition assignment the member restores exactly the partitions it
-gained (profiles from the profiles changelog, last emitted assignments from the
-assignments topic, both co-partitioned with the events topic; the model from the model
-changelog on first start) and drops the users of partitions it lost; it reports ready
-only afterwards.
+The model is the group's, not the member's: unless ``trainer_role`` is false, the member also
+competes, on a thread of its own, for the trainer role (:mod:`consumers.trainer_role`: a second
+consumer group on the statistics topic elects one trainer, which applies every member's
+statistics in offset order and commits each new model version, the centroid snapshots and its
+consumed offsets in one transaction). A single member is worker and trainer at once, its model
+making the round trip through Kafka too. A failure of the trainer role is fatal to the member.
+
+State: at start-up the member reads the model topic to its end (it follows it afterwards); on
+every partition assignment it restores exactly the partitions it gained (profiles from the
+profiles changelog, last emitted assignments from the assignments topic, both co-partitioned
+with the events topic) and drops the users of partitions it lost; it reports ready only
+afterwards.
 
 This module is the wiring and the loop; the parts live beside it, each with its reasoning:
 
-- :mod:`consumers.member_clients` — topics, producer, consumer built from the settings;
+- :mod:`consumers.member_clients` — topics, producers, consumers built from the settings;
 - :mod:`consumers.kafka_retry` — retrying with backoff, fatal errors;
 - :mod:`consumers.partition_state` — owned partitions, restore, the rebuild after a failure;
 - :mod:`consumers.batch_outputs` — the records a batch publishes, each in its user's partition;
 - :mod:`consumers.batch_committer` — the transaction and the one commit-or-recover policy;
 - :mod:`consumers.catalog_follower` — the item catalog;
+- :mod:`consumers.model_follower` — the group's model topic;
+- :mod:`consumers.trainer_role` — the trainer role: election, takeover, the model's transactions;
 - :mod:`consumers.group_watchdog` — a member outside its group gets back in (or out);
 - :mod:`consumers.service_metrics` — what the batches tell Prometheus.
 
@@ -38,8 +53,9 @@ Embedding a large batch never gets the member evicted: the batch runs on a helpe
 thread while the loop pauses its partitions and keeps calling ``poll`` often enough
 for ``max.poll.interval.ms``. The item catalog topic is read to its end before the first
 event and followed afterwards. SIGTERM/SIGINT finish the batch, flush, commit, leave the
-group and exit 0. An unreachable broker is retried with capped exponential backoff
-(logged, counted in ``interest_kafka_retries_total``); failed authentication is fatal at once.
+group and exit 0; the trainer role stops at once, writing its state on the way out. An
+unreachable broker is retried with capped exponential backoff (logged, counted in
+``interest_kafka_retries_total``); failed authentication is fatal at once.
 
 Example (needs a broker, so not run as a doctest)::
 
@@ -409,9 +425,10 @@ class InterestService:
             exc = self.trainer_role.fatal
             raise exc if isinstance(exc, FatalKafkaError) else RuntimeError(f"the trainer role failed: {exc}")
         latest = follower.poll()
+        # How far behind the newest committed version this member assessed its last batch.
+        m.versions_behind.set(max(0, follower.newest_version - pipe.model.version))
         if latest is not None and pipe.adopt(latest):
             m.model_version.set(pipe.model.version)
-        m.versions_behind.set(max(0, follower.newest_version - pipe.model.version))
         m.model_age.set(follower.age_s())
 
     # ----------------------------------------------------------------- group membership

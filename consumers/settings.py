@@ -152,10 +152,10 @@ class ServiceSettings(BaseSettings):
     )
     model_snapshot_every: int = Field(
         100, ge=1, description="The trainer writes its whole state (about 3 MB) to the model topic every this many "
-        "model transactions and when it gives up the role; in between, the statistics log rebuilds it exactly."
+        "model transactions and on a clean stop; in between, the statistics log rebuilds it exactly."
     )
     trainer_max_records: int = Field(
-        500, ge=1, description="Most statistics records the trainer applies in one transaction (one model version)."
+        500, ge=1, description="Most statistics records the trainer applies in one transaction."
     )
     transaction_timeout_ms: int = Field(
         10_000, ge=1_000, description="Kafka transaction.timeout.ms of the exactly-once producer: how long a "

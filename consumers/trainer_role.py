@@ -15,11 +15,13 @@ is declared dead after ``session_timeout_ms``. Whoever owns it is the trainer.
    model version includes;
 3. the trainer's state record on the model topic (written every ``model_snapshot_every``
    transactions, with the offset it continues from) is restored, and the statistics from
-   that offset up to the committed one are applied again, silently: applying is
-   deterministic (:mod:`stream.group_trainer`), so this is bit for bit the model of the last
-   committed version.
+   that offset up to the committed one are applied again, silently, in the same groups (their
+   boundaries are the committed offset's metadata): applying is deterministic
+   (:mod:`stream.group_trainer`), so this is bit for bit the model of the last committed version.
 
-**Training.** Each poll's records are applied in offset order, and one transaction carries
+**Training.** Each poll's records are applied, in offset order, as one group: their additive
+statistics summed and folded in once (:meth:`stream.group_trainer.GroupTrainer.apply_group`), so
+one trainer keeps up with many members. One transaction carries
 the new model version (when it changed), the centroid snapshots the cadence asks for, the
 state record when due, dead letters for records that are not statistics, and the consumed
 offset. A version is therefore published if and only if the statistics it includes are
@@ -59,6 +61,9 @@ __all__ = ["BAD_STATISTICS", "TrainerRole"]
 
 #: Dead-letter reason of a statistics-topic record that is not a statistics record of this format.
 BAD_STATISTICS = "bad_statistics_record"
+#: Longest group-boundary metadata committed with the offset (brokers keep 4,096 characters by default);
+#: a longer one makes the trainer write its state record instead, which starts the list afresh.
+_MAX_METADATA = 3000
 
 
 class TrainerRole:
@@ -165,9 +170,9 @@ class TrainerRole:
         if not records:
             self._lag()
             return
-        for rec in records:
-            self._apply(rec.offset, rec.key, rec.value)
-        self._publish(records[-1].offset + 1)
+        end = records[-1].offset + 1
+        self._apply([(r.offset, r.key, r.value) for r in records], end)
+        self._publish(end)
 
     def _take_role(self) -> None:
         from kafka import TopicPartition
@@ -179,7 +184,8 @@ class TrainerRole:
             metrics=self.metrics, retry=None, transaction_wait_s=transaction_wait_s(s))
         self.committer.start()  # fences the previous trainer
         tp = TopicPartition(self.statistics_topic, 0)
-        committed = self.consumer.committed(tp)
+        committed_meta = self.consumer.committed(tp, metadata=True)
+        committed = None if committed_meta is None else committed_meta.offset
         opts = s.kafka_client_options()
         held = read_latest(opts, self.model_topic, [0], max_fetch_bytes=2 * s.max_request_size)
         state = held.get(TRAINER_STATE_KEY, (0, None))[1]
@@ -193,11 +199,24 @@ class TrainerRole:
         else:
             trainer = GroupTrainer(s.clustering, dim=self.dim)
         start = trainer.statistics_offset
-        stop = committed if committed is not None else start
+        stop = committed if committed is not None and committed > start else start
         replay = read_range(opts, self.statistics_topic, 0, start, stop, max_fetch_bytes=2 * s.max_request_size)
+        # The same groups as the trainer that committed them (the committed offset's metadata), so the
+        # model is bit for bit the one of the last committed version.
+        ends = GroupTrainer.groups_from_metadata(None if committed_meta is None else committed_meta.metadata, start)
+        if ends is None or (ends[-1] if ends else start) != stop:
+            if replay:
+                log.warning("no group boundaries for the %d statistics records to replay: applying them one by "
+                            "one (the model continues from a close approximation of the last version)", len(replay))
+            ends = [offset + 1 for offset, _ in replay]
         self.trainer = trainer
-        for offset, value in replay:
-            self._apply(offset, None, value, replaying=True)
+        i = 0
+        for group_end in ends:
+            group = []
+            while i < len(replay) and replay[i][0] < group_end:
+                group.append((replay[i][0], None, replay[i][1]))
+                i += 1
+            self._apply(group, group_end, replaying=True)
         trainer.statistics_offset = max(trainer.statistics_offset, stop)
         self._dead_letters, self._snapshots, self._produced_ms = [], [], []
         self._published, self._since_state = None, 0
@@ -208,25 +227,28 @@ class TrainerRole:
                  "model version %d, %.2f s", "found" if state is not None else "absent", start, len(replay),
                  committed, trainer.model.version, time.monotonic() - t0)
 
-    def _apply(self, offset: int, key: bytes | None, value: bytes | None, *, replaying: bool = False) -> None:
+    def _apply(self, records: list[tuple[int, bytes | None, bytes | None]], end: int, *,
+               replaying: bool = False) -> None:
+        """Apply ``(offset, key, value)`` records below ``end`` as one group (see GroupTrainer.apply_group)."""
         trainer = self.trainer
-        try:
-            out = trainer.apply(offset, value if value is not None else b"")
-        except (SharedModelError, ValueError) as exc:
-            if not replaying:  # a replayed record's dead letter went out with the transaction that skipped it
+        out, bad = trainer.apply_group([(offset, value or b"") for offset, _, value in records], end)
+        if bad and not replaying:  # a replayed record's dead letter went out with the transaction that skipped it
+            keys = {offset: (key, value) for offset, key, value in records}
+            for offset, exc in bad:
                 log.warning("statistics record at offset %d skipped: %s", offset, exc)
                 self.metrics.rejected.labels(reason=BAD_STATISTICS).inc()
+                key, value = keys[offset]
                 self._dead_letters.append(Send(
                     self.settings.dead_letter_topic, key, value or b"",
                     dlq_headers(self.statistics_topic, 0, offset, BAD_STATISTICS, str(exc))))
-            return
         if out is None:
             return
         if out.snapshots:
             self._snapshots = out.snapshots
         if not replaying:
-            self.metrics.trainer_applied.inc()
-            self._produced_ms.append(trainer.newest_produced_ms)
+            n = len(records) - len(bad)
+            self.metrics.trainer_applied.inc(n)
+            self._produced_ms.extend([trainer.newest_produced_ms] * n)
 
     def _publish(self, next_offset: int, *, final: bool = False) -> None:
         from kafka import TopicPartition
@@ -244,10 +266,13 @@ class TrainerRole:
         for snap in self._snapshots:
             sends.append(Send(s.centroids_topic, str(snap.cluster).encode(), encode_record(snap)))
         self._since_state += 1
-        if self._since_state >= s.model_snapshot_every or final:
+        metadata = trainer.offset_metadata()
+        if self._since_state >= s.model_snapshot_every or final or len(metadata) > _MAX_METADATA:
             sends.append(Send(self.model_topic, TRAINER_STATE_KEY, trainer.state_record(), partition=0))
+            self._since_state = s.model_snapshot_every  # reset once committed
+            metadata = trainer.offset_metadata()
         sends.extend(self._dead_letters)
-        offsets = {TopicPartition(self.statistics_topic, 0): OffsetAndMetadata(next_offset, "", -1)}
+        offsets = {TopicPartition(self.statistics_topic, 0): OffsetAndMetadata(next_offset, metadata, -1)}
         commit = self.committer.commit_or_recover(sends, offsets)
         if not commit.ok:
             raise RuntimeError(f"model transaction not committed: {commit.failure}")
@@ -255,7 +280,7 @@ class TrainerRole:
         if new_version:
             self._published = (version.version, trainer.model.is_warm)
             self.metrics.versions_published.inc()
-        if self._since_state >= s.model_snapshot_every or final:
+        if self._since_state >= s.model_snapshot_every:
             self._since_state = 0
         for produced in self._produced_ms:
             if produced:

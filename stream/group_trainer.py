@@ -2,7 +2,11 @@
 
 :class:`GroupTrainer` applies :class:`~stream.shared_model.StatisticsRecord` values in the
 order of the statistics topic (one partition, so one order for the whole group) with the
-same :class:`~stream.trainer.TrainerStage` a single process uses, and produces:
+same :class:`~stream.trainer.TrainerStage` a single process uses. It applies them in
+**groups** (:meth:`GroupTrainer.apply_group`: a trainer poll's records, summed, folded in
+once, forgetting as much as that many batches would have), so one trainer keeps up with many
+workers; the group boundaries travel with the committed offset
+(:meth:`GroupTrainer.offset_metadata`). It produces:
 
 - :meth:`GroupTrainer.version` — the :class:`~stream.shared_model.ModelVersion` every
   worker follows;
@@ -11,10 +15,10 @@ same :class:`~stream.trainer.TrainerStage` a single process uses, and produces:
 
 Applying is deterministic given the state (the model's random generators are part of it),
 so a trainer restored from a state record (:meth:`GroupTrainer.restore`) that applies the
-statistics after that record's offset reaches the same model, bit for bit, as the trainer
-that never stopped. ``applied_records``/``applied_points`` count what the model includes:
-after any number of failovers they equal the sums over the statistics log up to
-``statistics_offset`` (no record applied twice, none lost).
+statistics after that record's offset in the same groups reaches the same model, bit for
+bit, as the trainer that never stopped. ``applied_records``/``applied_points`` count what
+the model includes: after any number of failovers they equal the sums over the statistics
+log up to ``statistics_offset`` (no record applied twice, none lost).
 
 Example (two workers' batches, applied in log order; then a restore):
 
@@ -47,6 +51,7 @@ Example (two workers' batches, applied in log order; then a restore):
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -56,7 +61,7 @@ from stream.model_state import RestoredModel, model_state_to_bytes, restore_mode
 from stream.settings import ClusteringSettings
 from stream.shared_model import (
     ModelVersion,
-    StatisticsRecord,
+    SharedModelError,
     TrainerStateRecord,
     decode_statistics,
     decode_trainer_state,
@@ -85,31 +90,100 @@ class GroupTrainer:
         self.applied_points = 0
         self.reseeded_at = np.zeros(settings.n_clusters, dtype=np.int64)
         self.newest_produced_ms = 0
+        #: Ends of the groups applied since the last state record (see :meth:`apply_group`).
+        self.group_ends: list[int] = []
+        self._state_offset = 0  # statistics_offset of the last state record taken (or restored)
 
     # ------------------------------------------------------------------ applying
     def apply(self, offset: int, value: bytes) -> TrainerOutput | None:
-        """Apply the statistics record at ``offset``; None if it is not one (it is skipped).
+        """Apply the statistics record at ``offset`` alone (a group of one; see :meth:`apply_group`).
 
-        Records below :attr:`statistics_offset` are already in the model and are skipped too.
-        Raises :class:`~stream.shared_model.SharedModelError` (or ``ValueError``: statistics of another
-        shape) for a record that cannot be applied; the model is then unchanged and the record skipped.
+        Raises :class:`~stream.shared_model.SharedModelError` (or ``ValueError``) for a record that
+        cannot be applied; it is skipped (the model is unchanged).
         """
-        if offset < self.statistics_offset:
-            return None
-        self.statistics_offset = offset + 1  # a record that does not decode is skipped, never retried
-        return self.apply_record(decode_statistics(value))
+        out, bad = self.apply_group([(offset, value)], offset + 1)
+        if bad:
+            raise bad[0][1]
+        return out
 
-    def apply_record(self, rec: StatisticsRecord) -> TrainerOutput:
-        stats = BatchStatistics.from_bytes(rec.stats)
-        labels = LabelStatistics.from_bytes(rec.label_stats) if rec.label_stats is not None else None
-        out = self.trainer.apply(stats, labels, rec.now_ms)
+    def apply_group(
+        self, records: Sequence[tuple[int, bytes]], end: int
+    ) -> tuple[TrainerOutput | None, list[tuple[int, Exception]]]:
+        """Apply the statistics records ``(offset, value)`` below ``end`` as one update; ``end`` becomes
+        :attr:`statistics_offset`.
+
+        The records' statistics are summed (they are additive: exactly the update of the
+        concatenated batches) and applied once, forgetting as much as that many batches would
+        have: so one trainer keeps up with many workers, and refinement runs per update, not per
+        worker batch. The group boundaries are part of the log's meaning (they are in the
+        committed offsets' metadata, :meth:`offset_metadata`), so a replay applies the same groups.
+        Records below :attr:`statistics_offset` are skipped (already in the model); records that
+        do not decode or do not fit the model are returned as ``(offset, error)`` and skipped.
+        """
+        stats: list[BatchStatistics] = []
+        labels: list[LabelStatistics] = []
+        bad: list[tuple[int, Exception]] = []
+        now_ms = 0
+        for offset, value in records:
+            if offset < self.statistics_offset or offset >= end:
+                continue
+            try:
+                rec = decode_statistics(value)
+                st = BatchStatistics.from_bytes(rec.stats)
+                lab = LabelStatistics.from_bytes(rec.label_stats) if rec.label_stats is not None else None
+                if (st.n_clusters, self.dim or st.dim) != (self.model.n_clusters, st.dim):
+                    raise ValueError(f"statistics of {st.n_clusters} clusters, dim {st.dim}; the model has "
+                                     f"{self.model.n_clusters} clusters, dim {self.dim}")
+            except (SharedModelError, ValueError) as exc:
+                bad.append((offset, exc))
+                continue
+            stats.append(st)
+            if lab is not None:
+                labels.append(lab)
+            now_ms = max(now_ms, int(rec.now_ms))
+            self.event_clock_ms = max(self.event_clock_ms, int(rec.event_clock_ms))
+            self.newest_produced_ms = max(self.newest_produced_ms, int(rec.produced_ms))
+        self.statistics_offset = max(self.statistics_offset, int(end))
+        self.group_ends.append(int(end))
+        if not stats:
+            return None, bad
+        if len(stats) > 1:  # keep every worker's seeds, as one record at a time would (up to the reservoir)
+            capacity = min(sum(st.seed_capacity for st in stats), max(self.model.reservoir_size, 1))
+            for st in stats:
+                st.seed_capacity = capacity
+        merged = BatchStatistics.merge(stats)
+        label_stats = LabelStatistics.merge(labels) if labels else None
+        out = self.trainer.apply(merged, label_stats, now_ms, batches=len(stats))
         if out.reseeded:
             self.reseeded_at[out.reseeded] = out.version
-        self.applied_records += 1
-        self.applied_points += int(stats.n_points)
-        self.event_clock_ms = max(self.event_clock_ms, int(rec.event_clock_ms))
-        self.newest_produced_ms = max(self.newest_produced_ms, int(rec.produced_ms))
-        return out
+        self.applied_records += len(stats)
+        self.applied_points += int(merged.n_points)
+        return out, bad
+
+    def offset_metadata(self) -> str:
+        """The group boundaries since the last state record, for the committed offset's metadata."""
+        start = self._state_offset
+        deltas, prev = [], start
+        for e in self.group_ends:
+            deltas.append(str(e - prev))
+            prev = e
+        return f"groups:{start}:{','.join(deltas)}"
+
+    @staticmethod
+    def groups_from_metadata(metadata: str | None, start: int) -> list[int] | None:
+        """The group ends a :meth:`offset_metadata` string names, if it continues from ``start``."""
+        if not metadata or not metadata.startswith("groups:"):
+            return None
+        try:
+            _, first, deltas = metadata.split(":", 2)
+            prev = int(first)
+            ends = []
+            for d in filter(None, deltas.split(",")):
+                prev += int(d)
+                ends.append(prev)
+        except ValueError:
+            return None
+        return ends if int(first) == start else None
 
     # ------------------------------------------------------------------ publishing
     def version(self, *, emit_ms: int, trainer: str = "") -> ModelVersion | None:
@@ -136,7 +210,10 @@ class GroupTrainer:
         )
 
     def state_record(self) -> bytes:
-        """Everything a new trainer needs to continue exactly (see the module docstring)."""
+        """Everything a new trainer needs to continue exactly (see the module docstring); the group
+        boundaries start afresh from here."""
+        self.group_ends = []
+        self._state_offset = int(self.statistics_offset)
         return encode_trainer_state(TrainerStateRecord(
             model_state=model_state_to_bytes(self),
             statistics_offset=int(self.statistics_offset),
@@ -159,6 +236,7 @@ class GroupTrainer:
         if len(rec.reseeded_at) == settings.n_clusters:
             trainer.reseeded_at = np.array(rec.reseeded_at, dtype=np.int64)
         trainer.newest_produced_ms = int(rec.newest_produced_ms)
+        trainer._state_offset = trainer.statistics_offset
         trainer.restored = restored
         return trainer
 

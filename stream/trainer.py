@@ -119,18 +119,21 @@ class TrainerStage:
         )
         return cls(model, labeler, snapshot_every=s.snapshot_every, snapshot_min_movement=s.snapshot_min_movement)
 
-    def apply(self, stats: BatchStatistics | None, label_stats: Any | None, now_ms: int) -> TrainerOutput:
-        """Fold one batch's statistics into the model and labels; maybe publish snapshots."""
+    def apply(
+        self, stats: BatchStatistics | None, label_stats: Any | None, now_ms: int, batches: int = 1
+    ) -> TrainerOutput:
+        """Fold one batch's statistics (or ``batches`` batches' merged ones) into the model and labels;
+        maybe publish snapshots."""
         model = self.model
         if stats is None:
             return TrainerOutput(version=model.version, movement=None, initialised=model.is_initialised)
         was_initialised = model.is_initialised
-        result = model.apply(stats)
+        result = model.apply(stats, batches)
         if self.labeler is not None:
             if result.reseeded:
                 self.labeler.reset(result.reseeded)
             if label_stats is not None:
-                self.labeler.apply(label_stats)
+                self.labeler.apply(label_stats, batches)
         self.updates += 1
         snapshots: list[CentroidSnapshot] = []
         if result.initialised:

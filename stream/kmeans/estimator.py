@@ -349,8 +349,13 @@ class MiniBatchKMeans(base.Clusterer):
         stats.sums, stats.weights = cluster_sums(arr, w, labels, self.n_clusters)
         return stats
 
-    def apply(self, stats: BatchStatistics) -> ApplyResult:
-        """Fold (merged) statistics into the centroids with forgetting, then reseed starved clusters."""
+    def apply(self, stats: BatchStatistics, batches: int = 1) -> ApplyResult:
+        """Fold (merged) statistics into the centroids with forgetting, then reseed starved clusters.
+
+        ``batches``: how many batches ``stats`` merges (a trainer folding several workers'
+        batches at once); with ``time_unit="batches"`` the model forgets as much as that many
+        batches would have made it forget, and the warm-up counts them all.
+        """
         k = self.n_clusters
         if stats.n_clusters != k:
             raise ValueError(f"statistics are for {stats.n_clusters} clusters, the model has {k}")
@@ -358,12 +363,14 @@ class MiniBatchKMeans(base.Clusterer):
             self._dim = stats.dim
         elif stats.dim != self._dim:
             raise ValueError(f"statistics have dim {stats.dim}, the model has {self._dim}")
-        self._n_applied += 1
+        if batches < 1:
+            raise ValueError("batches must be >= 1")
+        self._n_applied += int(batches)
 
         if not self.is_initialised:
             return self._buffer_and_maybe_init(stats)
 
-        a = self._decay if self.time_unit == "batches" else self._decay**stats.n_points
+        a = self._decay**batches if self.time_unit == "batches" else self._decay**stats.n_points
         assert self._centroids is not None
         old = self._centroids.copy()
         self._sample(stats, a)
