@@ -157,6 +157,10 @@ class ServiceSettings(BaseSettings):
     trainer_max_records: int = Field(
         500, ge=1, description="Most statistics records the trainer applies in one transaction."
     )
+    trainer_linger_ms: int = Field(
+        250, ge=0, description="Once statistics arrive, how long the trainer keeps collecting more before it "
+        "applies them and commits one model transaction (fewer, larger transactions; adds to the model's staleness)."
+    )
     transaction_timeout_ms: int = Field(
         10_000, ge=1_000, description="Kafka transaction.timeout.ms of the exactly-once producer: how long a "
         "crashed member's open transaction can hold back read_committed readers of its partitions."

@@ -157,7 +157,21 @@ class TrainerRole:
 
     # ------------------------------------------------------------------ the loop
     def _step(self) -> None:
-        polled = self.consumer.poll(timeout_ms=200, max_records=self.settings.trainer_max_records)
+        s = self.settings
+        polled = self.consumer.poll(timeout_ms=200, max_records=s.trainer_max_records)
+        if polled and self._owned and s.trainer_linger_ms > 0:
+            # Collect for a little longer: one transaction for several members' batches costs the
+            # process (it is also a worker) far less than one per batch.
+            n = sum(len(recs) for recs in polled.values())
+            deadline = time.monotonic() + s.trainer_linger_ms / 1000.0
+            while n < s.trainer_max_records and self._owned and not self._stop.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                more = self.consumer.poll(timeout_ms=int(left * 1000) + 1, max_records=s.trainer_max_records - n)
+                for tp, recs in more.items():
+                    polled.setdefault(tp, []).extend(recs)
+                    n += len(recs)
         if not self._owned:
             if self.trainer is not None:
                 log.info("trainer role moved to another member")
