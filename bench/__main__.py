@@ -28,6 +28,7 @@ class Only(StrEnum):
     speed = "speed"
     service = "service"
     state = "state"
+    interests = "interests"
 
 
 app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
@@ -38,7 +39,8 @@ def main(
     only: list[Only] = typer.Option(
         None,
         "--only",
-        help="Run only this benchmark (repeatable): quality, movielens, speed, service or state. Default: all.",
+        help="Run only this benchmark (repeatable): quality, movielens, speed, service, state or interests. "
+        "Default: all.",
     ),
     quick: bool = typer.Option(
         False,
@@ -115,11 +117,11 @@ def main(
     except ImportError:  # pragma: no cover
         pass
 
-    if Only.quality in chosen:
+    quality_options = None
+    if Only.quality in chosen or Only.interests in chosen:
         from bench import quality
 
-        report.print("\n[bold underline]1. Quality on real text[/]")
-        opts = quality.QualityOptions(
+        quality_options = quality.QualityOptions(
             ag_news=str(ag_news),
             mind=str(mind),
             n_users=min(users, 400) if quick else users,
@@ -131,7 +133,9 @@ def main(
             use_disk_cache=not no_disk_cache,
             overrides=overrides,
         )
-        quality.run(opts, report)
+    if Only.quality in chosen:
+        report.print("\n[bold underline]1. Quality on real text[/]")
+        quality.run(quality_options, report)
     if Only.movielens in chosen:
         from bench import movielens as ml
 
@@ -153,6 +157,12 @@ def main(
 
         report.print("\n[bold underline]5. Durable state and exactly-once[/]")
         state.run(report, quick=quick)
+
+    if Only.interests in chosen:
+        from bench import interests
+
+        report.print("\n[bold underline]6. Interest mixes[/]")
+        interests.run(quality_options, movielens, report, quick=quick)
 
     report.print()
     report.targets_table(title="Summary of targets")

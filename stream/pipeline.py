@@ -43,6 +43,7 @@ import numpy as np
 from stream.assignments import AssignmentTracker
 from stream.catalog import ItemCatalog
 from stream.embedder import EmbeddingCache, Encoder, EventEmbedder
+from stream.interests import InterestMixes
 from stream.kmeans import MiniBatchKMeans
 from stream.labels import ClusterLabeler
 from stream.profiles import ProfileStore
@@ -105,7 +106,13 @@ class Pipeline:
         self.catalog = catalog if catalog is not None else ItemCatalog()
         self.cache = EmbeddingCache(s.cache_size)
         self.embedder = EventEmbedder(encoder, self.cache, self.catalog)
-        self.profiles = ProfileStore(int(encoder.dim), s.half_life_s)
+        #: The users' interest mixes (``None`` when ``max_interests`` is 0); kept with the profiles.
+        self.interests = (
+            InterestMixes(s.half_life_s, s.max_interests, s.min_interest_share, s.interest_hysteresis)
+            if s.max_interests > 0
+            else None
+        )
+        self.profiles = ProfileStore(int(encoder.dim), s.half_life_s, interests=self.interests)
         self.model = MiniBatchKMeans(
             n_clusters=s.n_clusters,
             half_life=s.kmeans_half_life,
@@ -124,6 +131,7 @@ class Pipeline:
             maturity_margin=s.maturity_margin,
             confirmations=s.confirmations,
             return_margin=s.return_margin,
+            interests=self.interests,
         )
         self.labeler = ClusterLabeler(
             s.n_clusters, half_life=s.label_half_life, max_vocab=s.label_max_vocab, top_n=s.label_top_n
@@ -183,6 +191,8 @@ class Pipeline:
         if now_ms is None:
             now_ms = self.event_clock_ms
         trained = self.trainer.apply(prepared.stats, prepared.label_stats, now_ms)
+        if trained.reseeded and self.interests is not None:
+            self.interests.on_model_change(trained.reseeded)
         out = self.worker.finish(prepared, self.model, now_ms, movement=trained.movement)
         return BatchResult(out, trained, stats=prepared.stats, label_stats=prepared.label_stats)
 
