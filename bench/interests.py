@@ -267,6 +267,8 @@ class FoundRow:
     reseeded: int
     dropped_share: float
     event_agreement: float = float("nan")
+    #: Mean share, in the users' last records, of interests that are neither topic's cluster.
+    other_share: float = float("nan")
 
 
 def _topic_clusters(scenario, log: ReplayLog) -> dict[str, int]:
@@ -287,12 +289,15 @@ def evaluate_news(scenario, log: ReplayLog, name: str, dropped_share: float) -> 
     found: list[tuple[bool, bool]] = []
     set_changes = primary_changes = events = 0
     n_interests = []
+    other_shares = []
     for u, t in truth.items():
         if t.switch_to is not None or u not in last:
             continue
         n = log.event_count[u]
         interests = {i.cluster for i in last[u].interests}
         n_interests.append(len(interests))
+        mine = {target.get(t.primary), target.get(t.secondary)}
+        other_shares.append(sum(i.share for i in last[u].interests if i.cluster not in mine))
         hit = (target.get(t.primary) in interests, target.get(t.secondary) in interests)
         for label, lo, hi in buckets:
             if lo <= n <= hi:
@@ -313,7 +318,8 @@ def evaluate_news(scenario, log: ReplayLog, name: str, dropped_share: float) -> 
         name=name, users=arr.shape[0], primary=float(arr[:, 0].mean()), secondary=float(arr[:, 1].mean()),
         both=float((arr[:, 0] & arr[:, 1]).mean()), by_events=by_events,
         set_changes_per_event=set_changes / max(events, 1), primary_churn=primary_changes / max(events, 1),
-        mean_interests=float(np.mean(n_interests)) if n_interests else float("nan"), reseeded=log.reseeded, dropped_share=dropped_share,
+        mean_interests=float(np.mean(n_interests)) if n_interests else float("nan"),
+        other_share=float(np.mean(other_shares)) if other_shares else float("nan"), reseeded=log.reseeded, dropped_share=dropped_share,
     )
 
 
@@ -366,13 +372,15 @@ def news(options, report: Report) -> list[FoundRow]:
     for r in rows:
         report.table(
             f"Finding both interests — {r.name}: never-switched readers with >= {MIN_EVENTS} events ({r.users:,})",
-            ["primary topic's cluster in set", "secondary's", "both", "interests/user", "interest-set changes/event",
+            ["primary topic's cluster in set", "secondary's", "both", "interests/user", "share of other interests",
+             "interest-set changes/event",
              "primary churn/event", "clusters given a new centre", "mix weight dropped by them",
              "events in their topic's cluster"],
-            [[r.primary, r.secondary, r.both, r.mean_interests, r.set_changes_per_event, r.primary_churn,
+            [[r.primary, r.secondary, r.both, r.mean_interests, r.other_share, r.set_changes_per_event, r.primary_churn,
               r.reseeded, r.dropped_share, r.event_agreement]],
             caption="a topic's cluster: where most never-switched readers of that primary topic end up (as in the "
-            "quality benchmark); set = the interests of each user's last record; churn and set changes count "
+            "quality benchmark); set = the interests of each user's last record; share of other interests: the "
+            "mean summed share of listed interests that are neither topic's cluster; churn and set changes count "
             "records beyond the first, per event of never-switched users; events in their topic's cluster: share of "
             "all events whose nearest final centroid is their topic's cluster (a single event's chance to count for "
             "its topic: what bounds finding a 20 % topic from a dozen events).",
