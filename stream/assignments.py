@@ -400,7 +400,7 @@ class AssignmentTracker:
                 was = announced.get(user)
                 chosen = interest_set(user_shares[i], was, mixes.min_share, mixes.hysteresis)  # type: ignore[index]
                 now = tuple(sorted(c for c, _ in chosen))
-                set_changed = now != was
+                set_changed = now != was and (was is not None or bool(now))  # no mix yet: nothing to announce
                 if not moves and not set_changed:
                     continue
                 interest_list = [InterestShare(cluster=c, share=round(sh, _DIGITS)) for c, sh in chosen]

@@ -271,3 +271,14 @@ def test_a_model_change_rewrites_the_changelog_records_it_altered():
     result = pipe.process_batch([])  # an empty batch: no user has events
     assert holders <= set(result.updated_users)
     assert pipe.process_batch([]).updated_users == []  # written once
+
+
+def test_users_restored_from_version_1_records_publish_once_their_mix_has_events():
+    mixes = InterestMixes(3600.0)
+    tracker = AssignmentTracker(interests=mixes)
+    tracker.restore("old", 0, 0.9, None, None)  # a version 1 record: no interests; its profile had no mix
+    sims = np.array([[0.9, 0.3]])
+    assert tracker.assess(["old"], None, sims) == []  # an idle sweep publishes no empty interest sets
+    mixes.fold_many(["old"], np.zeros(1), np.array([0]))
+    (change,) = tracker.assess(["old"], None, sims)
+    assert change.cluster == change.previous_cluster == 0 and [i.cluster for i in change.interests] == [0]
