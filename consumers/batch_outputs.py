@@ -65,7 +65,7 @@ class BatchOutputs:
         t, owner = self.topics, self.users.owner
         sends: list[Send] = []
         for user in out.updated_users:
-            sends.append(Send(t.profiles, user.encode(), profile_to_bytes(*pipeline.profiles.raw(user)),
+            sends.append(Send(t.profiles, user.encode(), profile_to_bytes(*pipeline.profiles.raw(user), interests=pipeline.profiles.mix_bytes(user)),
                               partition=owner(user)))
         for user in out.tombstones:
             sends.append(Send(t.profiles, user.encode(), None, partition=owner(user)))

@@ -24,7 +24,7 @@ import msgspec
 import numpy as np
 
 from consumers.topic_reader import read_to_end
-from stream.profiles import profile_from_bytes
+from stream.profiles import profile_record_from_bytes
 
 
 def _restore_consumer(options: Mapping[str, Any], max_fetch_bytes: int):
@@ -161,7 +161,9 @@ def restore_profiles(
     """Load the latest profile of every user of ``partitions`` into a :class:`~stream.profiles.ProfileStore`.
 
     Returns ``{user_id: partition}`` for the users restored. Raises ``ValueError`` when the
-    stored vectors do not have the store's dimension (another model wrote them).
+    stored vectors do not have the store's dimension (another model wrote them). A store with
+    interest mixes (``profiles.interests``) gets each user's mix back from the same record
+    (records written before mixes existed restore without one).
     """
     latest = read_latest(options, topic, partitions, progress=progress, owner_of_key=owner_of_key,
                          on_stray=on_stray)
@@ -170,10 +172,11 @@ def restore_profiles(
     rows: list[np.ndarray] = []
     refs: list[int] = []
     masses: list[float] = []
+    mixes: list[tuple[str, bytes]] = []
     for key, (partition, value) in latest.items():
         if key is None or value is None:
             continue
-        vector, ref_ms, mass = profile_from_bytes(value)
+        vector, ref_ms, mass, mix = profile_record_from_bytes(value)
         if vector.shape[0] != profiles.dim:
             raise ValueError(f"{topic} holds {vector.shape[0]}-d profiles, the encoder makes {profiles.dim}-d ones")
         user = key.decode()
@@ -182,8 +185,14 @@ def restore_profiles(
         rows.append(vector)
         refs.append(ref_ms)
         masses.append(mass)
+        if mix is not None:
+            mixes.append((user, mix))
     if users:
         profiles.put_many(users, np.stack(rows), np.asarray(refs, dtype=np.int64), np.asarray(masses, dtype=np.float64))
+    interests = getattr(profiles, "interests", None)
+    if interests is not None:
+        for user, mix in mixes:
+            interests.put_bytes(user, mix)
     return owners
 
 
@@ -206,8 +215,10 @@ def restore_assignments(
         try:
             record = msgspec.json.decode(value)
             previous = record.get("previous_cluster")
+            interests = record.get("interests")
             tracker.restore(key.decode(), int(record["cluster"]), float(record["score"]),
-                            None if previous is None else int(previous))
+                            None if previous is None else int(previous),
+                            None if interests is None else [int(i["cluster"]) for i in interests])
             restored += 1
         except (msgspec.DecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError):
             continue  # an unreadable record: that user is re-assessed on its next event

@@ -24,6 +24,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 2, 5,
 WORK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 #: Buckets (events) for micro-batch sizes.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+#: Buckets (interests) for the interests in a user's published record.
+INTEREST_BUCKETS = (0, 1, 2, 3, 4, 6, 8, 16)
 
 #: Every metric name the service exports, with its meaning (used by the README and the
 #: deployment tests, which check that dashboards and alert rules only use names that exist).
@@ -41,6 +43,8 @@ METRIC_HELP: dict[str, str] = {
     "interest_end_to_end_latency_seconds": "Publish time minus event time of applied events.",
     "interest_consumer_lag_messages": "High-water mark minus position, per topic partition.",
     "interest_assignment_changes_total": "Assignment-change records published.",
+    "interest_interests_per_user": "Interests (clusters holding at least min_interest_share of the user's decayed events) in each published assignment record.",
+    "interest_interest_set_changes_total": "Assignment records published because a user's interest set changed (a cluster entered or left it).",
     "interest_users_tracked": "Users with a profile held by this process.",
     "interest_cluster_size_users": "Users whose last published assignment is this cluster.",
     "interest_centroid_movement": "Cosine distance a centroid moved in the last model update, per cluster.",
@@ -101,6 +105,12 @@ class ServiceMetrics:
             "interest_consumer_lag_messages", h["interest_consumer_lag_messages"], ["topic", "partition"], registry=r
         )
         self.changes = Counter("interest_assignment_changes", h["interest_assignment_changes_total"], registry=r)
+        self.interests_per_user = Histogram(
+            "interest_interests_per_user", h["interest_interests_per_user"], buckets=INTEREST_BUCKETS, registry=r
+        )
+        self.interest_set_changes = Counter(
+            "interest_interest_set_changes", h["interest_interest_set_changes_total"], registry=r
+        )
         self.users = Gauge("interest_users_tracked", h["interest_users_tracked"], registry=r)
         self.cluster_size = Gauge(
             "interest_cluster_size_users", h["interest_cluster_size_users"], ["cluster"], registry=r

@@ -43,6 +43,7 @@ import numpy as np
 from stream.assignments import AssignmentTracker
 from stream.catalog import ItemCatalog
 from stream.embedder import EmbeddingCache, Encoder, EventEmbedder
+from stream.interests import InterestMixes
 from stream.profiles import ProfileStore
 from stream.records import AssignmentChange, CentroidSnapshot
 from stream.settings import ClusteringSettings
@@ -104,7 +105,13 @@ class Pipeline:
         self.catalog = catalog if catalog is not None else ItemCatalog()
         self.cache = EmbeddingCache(s.cache_size)
         self.embedder = EventEmbedder(encoder, self.cache, self.catalog)
-        self.profiles = ProfileStore(int(encoder.dim), s.half_life_s)
+        #: The users' interest mixes (``None`` when ``max_interests`` is 0); kept with the profiles.
+        self.interests = (
+            InterestMixes(s.half_life_s, s.max_interests, s.min_interest_share, s.interest_hysteresis)
+            if s.max_interests > 0
+            else None
+        )
+        self.profiles = ProfileStore(int(encoder.dim), s.half_life_s, interests=self.interests)
         self.trainer = TrainerStage.for_settings(s)
         self.model = self.trainer.model
         self.labeler = self.trainer.labeler
@@ -114,6 +121,7 @@ class Pipeline:
             maturity_margin=s.maturity_margin,
             confirmations=s.confirmations,
             return_margin=s.return_margin,
+            interests=self.interests,
         )
         self.worker = WorkerStage(s, self.embedder, self.profiles, self.tracker, labeler=self.labeler)
         #: Movement of the centroids adopted from shared model versions since the last batch.
@@ -179,6 +187,8 @@ class Pipeline:
             now_ms = self.event_clock_ms
         if train:
             trained = self.trainer.apply(prepared.stats, prepared.label_stats, now_ms)
+            if trained.reseeded and self.interests is not None:
+                self.interests.on_model_change(trained.reseeded)
             movement = trained.movement
         else:
             movement, self._adopted_movement = self._adopted_movement, None
@@ -192,13 +202,20 @@ class Pipeline:
 
         "Newer" is a higher version, or the same version with more statistics applied (the
         warm-up count can pass its mark without the centroids changing). The centroids'
-        movement is remembered for the next batch's re-check of moved clusters.
+        movement is remembered for the next batch's re-check of moved clusters, and the
+        clusters reseeded since the version held before (every version skipped included) are
+        dropped from the users' interest mixes.
         """
         model = self.model
         if (version.version, version.n_applied) <= (model.version, model.n_applied) and model.is_initialised:
             return False
+        held_version = model.version if model.is_initialised else 0
         moved = model.follow(version.centroid_matrix(), version.count_vector(), version.version,
                              version.n_applied, version.reservoir_id_vector())
+        reseeded = version.reseeded_since(held_version)
+        if reseeded and held_version and self.interests is not None:
+            # Those ids now name other interests: the weights the mixes hold for them are dropped.
+            self.interests.on_model_change(reseeded, n_clusters=model.n_clusters)
         if moved is not None:
             held = self._adopted_movement
             self._adopted_movement = moved if held is None else np.maximum(held, moved)
