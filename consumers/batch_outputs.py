@@ -60,8 +60,9 @@ class BatchOutputs:
         self.users = users
         self.writer = writer
 
-    def batch(self, out: Any, pipeline: Any, now_ms: int) -> list[Send]:
-        """Every record of one batch's result, in the order they are published."""
+    def batch(self, out: Any, pipeline: Any, now_ms: int, *, batches: int = 1) -> list[Send]:
+        """Every record of one batch's result, in the order they are published (``batches``: how many base
+        batches it counts as for the model, see :class:`~stream.shared_model.StatisticsRecord`)."""
         t, owner = self.topics, self.users.owner
         sends: list[Send] = []
         for user in out.updated_users:
@@ -81,7 +82,8 @@ class BatchOutputs:
                 worker=self.writer.decode(), stats=out.stats.to_bytes(),
                 label_stats=out.label_stats.to_bytes() if out.label_stats is not None else None,
                 now_ms=int(now_ms), event_clock_ms=int(pipeline.event_clock_ms),
-                produced_ms=int(time.time() * 1000), model_version=int(pipeline.model.version))
+                produced_ms=int(time.time() * 1000), model_version=int(pipeline.model.version),
+                batches=max(1, int(batches)))
             sends.append(Send(t.statistics, self.writer, encode_statistics(record), partition=0))
         return sends
 

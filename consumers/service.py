@@ -5,9 +5,12 @@ Loop, per micro-batch:
 1. between batches, adopt the newest model version the group's trainer committed on the model
    topic (:mod:`consumers.model_follower`, :meth:`stream.pipeline.Pipeline.adopt`; ``_follow_model``),
    so that every batch is assessed with one version;
-2. poll the events topic until ``batch_max_events`` records arrived or
+2. poll the events topic until the batch's record limit is reached or
    ``batch_max_wait_ms`` passed since the first one (low latency at low rates, large
-   batches at high rates);
+   batches at high rates). The limit is ``batch_max_events`` while the member keeps up and
+   doubles, up to ``batch_cap_events`` (and ``batch_cap_bytes``), while the consumer lag is
+   larger than a batch (:mod:`consumers.batch_sizer`): under a backlog each transaction
+   carries more;
 3. run the same :class:`stream.pipeline.Pipeline` that ``interest-stream replay`` runs, with
    ``train=False`` (decode, embed, fold profiles, assess the touched users against the adopted
    version and re-check the users of clusters it moved, summarise the batch into k-means
@@ -76,6 +79,7 @@ from typing import Any
 
 from consumers.batch_committer import BatchCommitter, Send, dlq_headers, offsets_of
 from consumers.batch_outputs import BatchOutputs
+from consumers.batch_sizer import BatchSizer, consumer_lag
 from consumers.catalog_follower import CatalogFollower
 from consumers.group_watchdog import GroupWatchdog, describe_group
 from consumers.kafka_config import admin_client
@@ -126,6 +130,8 @@ class InterestService:
         self.model_follower: ModelFollower | None = None
         self.trainer_role: TrainerRole | None = None
         self.batches = 0
+        self.sizer = BatchSizer(base_events=s.batch_max_events, cap_events=s.batch_cap_events,
+                                cap_bytes=s.batch_cap_bytes)
         self.retry = KafkaRetry(self.metrics, self._stop, cap_s=s.connect_backoff_max_s)
         self.observer = ServiceObserver(self.metrics)
         self.partitions = PartitionState(s, self.metrics, retry=self.retry, set_ready=self._set_ready,
@@ -277,6 +283,7 @@ class InterestService:
             records = self._collect_batch()
             if records:
                 self._process(records, rebalances)
+                self.metrics.batch_limit.set(self.sizer.after_batch(consumer_lag(self.consumer)))
             elif not self._stop.is_set():
                 self._idle_sweep()
             self.observer.lag(self.consumer)
@@ -301,20 +308,22 @@ class InterestService:
         self.partitions.rebuild(self.consumer)
 
     def _collect_batch(self) -> list:
-        s = self.settings
+        s, sizer = self.settings, self.sizer
         records: list = []
+        n_bytes = 0
         deadline: float | None = None
         while not self._stop.is_set():
             now = time.monotonic()
             timeout_ms = 200 if deadline is None else max(0, int((deadline - now) * 1000))
-            polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=s.batch_max_events - len(records))
+            polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=max(1, sizer.limit - len(records)))
             for recs in polled.values():
                 records.extend(recs)
+                n_bytes += sum(len(r.value) for r in recs if r.value is not None)
             if records and deadline is None:
                 deadline = time.monotonic() + s.batch_max_wait_ms / 1000.0
             if not records:
                 return records
-            if len(records) >= s.batch_max_events or time.monotonic() >= deadline:
+            if sizer.full(n_records=len(records), n_bytes=n_bytes) or time.monotonic() >= deadline:
                 break
         # Within a partition Kafka order is kept; across partitions, order by timestamp for determinism.
         records.sort(key=lambda r: (r.timestamp, r.partition, r.offset))
@@ -336,7 +345,9 @@ class InterestService:
                                partition=r.partition, offset=r.offset) for r in local]
         now_ms = int(time.time() * 1000)
         out = self._run_batch(source, now_ms)
-        sends = self.outputs.misrouted(misrouted) + self.outputs.batch(out, self._pipeline, now_ms)
+        # A batch grown under a backlog counts, for the model's half-life and warm-up, as the base batches it holds.
+        batches = -(-len(records) // s.batch_max_events)
+        sends = self.outputs.misrouted(misrouted) + self.outputs.batch(out, self._pipeline, now_ms, batches=batches)
         if self.partitions.rebalanced_since(rebalances):
             # The group rebalanced while this batch was polled or processed: some of its partitions may
             # be another member's now, and that member restores them from what is committed. Committing

@@ -117,7 +117,15 @@ class ServiceSettings(BaseSettings):
     create_topics: bool = Field(True, description="Create missing topics at start-up (existing ones are checked).")
 
     # --- micro-batches ----------------------------------------------------------------
-    batch_max_events: int = Field(512, ge=1, le=100_000, description="Largest micro-batch, in records.")
+    batch_max_events: int = Field(512, ge=1, le=100_000, description="Largest micro-batch, in records, while the member keeps up (see batch_cap_events).")
+    batch_cap_events: int = Field(
+        4096, ge=1, le=100_000, description="Under a backlog (more records waiting than the current limit), "
+        "batches double up to this many records, so each transaction carries more; they shrink back to "
+        "batch_max_events once the lag is gone. Set it to batch_max_events to keep batches fixed."
+    )
+    batch_cap_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="A batch also stops at this many bytes of record values."
+    )
     batch_max_wait_ms: int = Field(
         50, ge=0, description="Longest wait for a micro-batch to fill once its first record arrived."
     )

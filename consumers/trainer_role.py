@@ -260,9 +260,8 @@ class TrainerRole:
         if out.snapshots:
             self._snapshots = out.snapshots
         if not replaying:
-            n = len(records) - len(bad)
-            self.metrics.trainer_applied.inc(n)
-            self._produced_ms.extend([trainer.newest_produced_ms] * n)
+            self.metrics.trainer_applied.inc(len(records) - len(bad))
+            self._produced_ms.extend(trainer.last_group_produced_ms)
 
     def _publish(self, next_offset: int, *, final: bool = False) -> None:
         from kafka import TopicPartition

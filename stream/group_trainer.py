@@ -92,6 +92,8 @@ class GroupTrainer:
         self.newest_produced_ms = 0
         #: Ends of the groups applied since the last state record (see :meth:`apply_group`).
         self.group_ends: list[int] = []
+        #: ``produced_ms`` of each record the last group applied (for the staleness metric).
+        self.last_group_produced_ms: list[int] = []
         self._state_offset = 0  # statistics_offset of the last state record taken (or restored)
 
     # ------------------------------------------------------------------ applying
@@ -123,6 +125,8 @@ class GroupTrainer:
         stats: list[BatchStatistics] = []
         labels: list[LabelStatistics] = []
         bad: list[tuple[int, Exception]] = []
+        produced: list[int] = []
+        n_batches = 0
         now_ms = 0
         for offset, value in records:
             if offset < self.statistics_offset or offset >= end:
@@ -143,6 +147,9 @@ class GroupTrainer:
             now_ms = max(now_ms, int(rec.now_ms))
             self.event_clock_ms = max(self.event_clock_ms, int(rec.event_clock_ms))
             self.newest_produced_ms = max(self.newest_produced_ms, int(rec.produced_ms))
+            produced.append(int(rec.produced_ms))
+            n_batches += max(1, int(rec.batches))
+        self.last_group_produced_ms = produced
         self.statistics_offset = max(self.statistics_offset, int(end))
         self.group_ends.append(int(end))
         if not stats:
@@ -153,7 +160,7 @@ class GroupTrainer:
                 st.seed_capacity = capacity
         merged = BatchStatistics.merge(stats)
         label_stats = LabelStatistics.merge(labels) if labels else None
-        out = self.trainer.apply(merged, label_stats, now_ms, batches=len(stats))
+        out = self.trainer.apply(merged, label_stats, now_ms, batches=n_batches)
         if out.reseeded:
             self.reseeded_at[out.reseeded] = out.version
         self.applied_records += len(stats)

@@ -35,6 +35,7 @@ METRIC_HELP: dict[str, str] = {
     "interest_events_rejected_total": "Input records sent to the dead-letter topic, by reason.",
     "interest_users_forgotten_total": "Forget control events applied (profile removed, tombstone published).",
     "interest_batch_size_events": "Events per micro-batch.",
+    "interest_batch_limit_events": "Record limit of the next micro-batch (grows under a backlog, up to batch_cap_events).",
     "interest_batch_duration_seconds": "Wall time to process one micro-batch, poll to commit.",
     "interest_embed_duration_seconds": "Wall time spent embedding per micro-batch.",
     "interest_embed_cache_hits_total": "Embedding lookups answered by the cache.",
@@ -86,6 +87,7 @@ class ServiceMetrics:
         self.batch_size = Histogram(
             "interest_batch_size_events", h["interest_batch_size_events"], buckets=BATCH_BUCKETS, registry=r
         )
+        self.batch_limit = Gauge("interest_batch_limit_events", h["interest_batch_limit_events"], registry=r)
         self.batch_seconds = Histogram(
             "interest_batch_duration_seconds", h["interest_batch_duration_seconds"], buckets=WORK_BUCKETS, registry=r
         )

@@ -74,7 +74,9 @@ class StatisticsRecord(msgspec.Struct, kw_only=True):
     :class:`~stream.labels.LabelStatistics` bytes; ``now_ms`` is the batch's emission time
     (the trainer stamps its snapshots with it, so a replay is deterministic);
     ``produced_ms`` the wall-clock time the worker built it (for the staleness metric);
-    ``model_version`` the version the worker assessed the batch with.
+    ``model_version`` the version the worker assessed the batch with; ``batches`` how many
+    base batches it counts as (a batch grown under a backlog counts as the base batches it
+    holds, so the model's half-life and warm-up keep their meaning whatever the batch sizes).
     """
 
     format: int = FORMAT_VERSION
@@ -85,6 +87,7 @@ class StatisticsRecord(msgspec.Struct, kw_only=True):
     event_clock_ms: int = 0
     produced_ms: int = 0
     model_version: int = 0
+    batches: int = 1  # how many base batches (``batch_max_events``) this batch counts as, for decay and warm-up
 
 
 class ModelVersion(msgspec.Struct, kw_only=True):

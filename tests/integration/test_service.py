@@ -274,3 +274,35 @@ def test_sigterm_mid_stream_loses_nothing(kafka_bootstrap, tmp_path):
     final = latest_assignments(read_all(kafka_bootstrap, topics.assignments))
     same = [final[u]["cluster"] == reference.tracker.last(u)[0] for u in scenario.truth]
     assert np.mean(same) >= 0.95, f"final assignments agree for {np.mean(same):.1%} of users"
+
+
+def test_batches_grow_under_a_backlog_and_shrink_when_it_is_gone(kafka_bootstrap, tmp_path):
+    """20,000 events waiting before the member starts: its batches double up to batch_cap_events; once
+    it has caught up, events trickling in at a low rate go out in small batches again."""
+    topics = Topics.fresh()
+    _create(kafka_bootstrap, topics, events_partitions=2)
+    send(kafka_bootstrap, topics.items, _catalog_records())
+    scenario = _scenario(n_users=800, events_per_user=25, seed=5)
+    records = _event_records(scenario)
+    backlog, trickle = records[:20_000], records[20_000:20_200]
+    n = send(kafka_bootstrap, topics.events, backlog)
+    svc = ServiceProcess(kafka_bootstrap, topics, tmp_path, "--clusters", "8", "--batch-max-events", "256",
+                         env={"INTEREST_STREAM_BATCH_CAP_EVENTS": "2048"})
+    try:
+        svc.wait_ready()
+        svc.wait_consumed(n, timeout=240)
+        sizes = {labels: v for (name, labels), v in svc.metrics().items() if name == "interest_batch_size_events_bucket"}
+        over_1024 = svc.value("interest_batch_size_events_count") - sizes[(("le", "1024.0"),)]
+        assert over_1024 >= 3, "under the backlog, batches grew past 1,024 records"
+        assert sizes[(("le", "2048.0"),)] == svc.value("interest_batch_size_events_count"), "never past the cap"
+        before = svc.value("interest_batch_size_events_count")
+        for key, value in trickle:  # a low rate: about 40 events/s
+            send(kafka_bootstrap, topics.events, [(key, value)])
+            time.sleep(0.025)
+        svc.wait_consumed(n + len(trickle), timeout=60)
+        assert svc.value("interest_batch_limit_events") == 256, "back to batch_max_events once the lag is gone"
+        small = svc.value("interest_batch_size_events_count") - before
+        assert small >= 10, "the trickle went out in many small batches"
+        assert svc.stop() == 0, svc.log_tail()
+    finally:
+        svc.stop()

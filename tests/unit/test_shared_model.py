@@ -163,3 +163,22 @@ def test_a_worker_assesses_with_the_version_it_follows_and_never_trains():
     ball = [c.cluster for c in out.changes if int(c.user_id[1:]) % 2]
     stock = [c.cluster for c in out.changes if not int(c.user_id[1:]) % 2]
     assert len(set(ball)) == len(set(stock)) == 1 and ball[0] != stock[0]
+
+
+def test_a_grown_batch_counts_as_the_base_batches_it_holds():
+    import msgspec
+
+    from stream.shared_model import decode_statistics
+
+    log = _log(6)
+    plain = _run(log, [1, 2, 3, 4, 5])
+    grown = _run(log, [1, 2, 3, 4])
+    rec = decode_statistics(log[4])
+    as_three = encode_statistics(msgspec.structs.replace(rec, batches=3))
+    grown.apply_group([(4, as_three)], 5)
+    assert grown.model.n_applied == plain.model.n_applied + 2, "warm-up counts base batches"
+    decay = 0.5 ** (1 / grown.model.half_life)
+    # the same statistics, with two more batches of forgetting before them
+    np.testing.assert_allclose(grown.model.counts.sum(),
+                               plain.model.counts.sum() - (1 - decay**2) * decay * _run(log, [1, 2, 3, 4]).model.counts.sum(),
+                               rtol=1e-9)
