@@ -65,9 +65,7 @@ class BatchOutputs:
         batches it counts as for the model, see :class:`~stream.shared_model.StatisticsRecord`)."""
         t, owner = self.topics, self.users.owner
         sends: list[Send] = []
-        for user in out.updated_users:
-            sends.append(Send(t.profiles, user.encode(), profile_to_bytes(*pipeline.profiles.raw(user), interests=pipeline.profiles.mix_bytes(user)),
-                              partition=owner(user)))
+        sends.extend(self.profiles(out.updated_users, pipeline))
         for user in out.tombstones:
             sends.append(Send(t.profiles, user.encode(), None, partition=owner(user)))
             sends.append(Send(t.assignments, user.encode(), None, partition=owner(user)))
@@ -86,6 +84,14 @@ class BatchOutputs:
                 batches=max(1, int(batches)))
             sends.append(Send(t.statistics, self.writer, encode_statistics(record), partition=0))
         return sends
+
+    def profiles(self, users: list[str], pipeline: Any) -> list[Send]:
+        """Profile changelog records (profile and interest mix) of ``users``, each in its user's partition."""
+        if not users:
+            return []
+        owner, topic, profiles = self.users.owner, self.topics.profiles, pipeline.profiles
+        return [Send(topic, user.encode(), profile_to_bytes(*profiles.raw(user), interests=profiles.mix_bytes(user)),
+                     partition=owner(user)) for user in users]
 
     def changes(self, changes: list) -> list[Send]:
         """Assignment-change records, each in its user's partition (also the idle sweep's)."""

@@ -409,6 +409,10 @@ class InterestService:
         pipe = self._pipeline
         if not pipe.model.is_initialised or self.partitions.needs_apply:
             return
+        stale = pipe.take_stale_profiles(chunk)
+        if stale:  # interest mixes a model change altered: their changelog records follow
+            if self._commit(self.outputs.profiles(stale, pipe), {}) is None:
+                return
         if not self._sweep:
             if self._swept_version == pipe.model.version:
                 return

@@ -322,6 +322,10 @@ class InterestMixes:
             out.append(user)
         return out
 
+    def mark_stale(self, user_ids) -> None:
+        """These users' mixes changed outside a batch that writes their record (e.g. events scored late)."""
+        self._stale_records.update(dict.fromkeys(u for u in user_ids if u in self._index))
+
     def record_written(self, user_id: str) -> None:
         """The user's changelog record was just rewritten (it is no longer stale)."""
         self._stale_records.pop(user_id, None)

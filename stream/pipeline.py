@@ -219,6 +219,7 @@ class Pipeline:
         if moved is not None:
             held = self._adopted_movement
             self._adopted_movement = moved if held is None else np.maximum(held, moved)
+        self.worker.score_waiting(model)  # events that waited for the first centroids join the mixes
         self.label_terms = {int(c): list(t) for c, t in version.label_terms.items()}
         self.event_clock_ms = max(self.event_clock_ms, int(version.event_clock_ms))
         return True
@@ -239,6 +240,14 @@ class Pipeline:
         )
         self.worker.counters.changes += len(changes)
         return changes
+
+    def take_stale_profiles(self, limit: int) -> list[str]:
+        """Users whose state record (profile + interest mix) no longer matches their state (a model change
+        altered their mix outside a batch): up to ``limit``, to write again (e.g. by an idle sweep)."""
+        mixes = self.interests
+        if mixes is None:
+            return []
+        return [u for u in mixes.take_stale_records(limit) if u in self.profiles]
 
     def snapshot(self, now_ms: int) -> list[CentroidSnapshot]:
         """A full centroid snapshot now (e.g. the final state written by ``replay --centroids``)."""

@@ -414,6 +414,12 @@ class WorkerStage:
                 kept.append(([names[j] for j in keep], ts[keep], vecs[keep], w[keep]))
         self._unscored = kept
 
+    def score_waiting(self, model: MiniBatchKMeans) -> None:
+        """Once the model has centroids: fold the events that waited for them into the mixes (their users'
+        changelog records are then stale and rewritten with the next batches or idle sweeps)."""
+        if self._unscored and model.is_initialised:
+            self._score_unscored(model)
+
     def _score_unscored(self, model: MiniBatchKMeans) -> None:
         """Fold the waiting events into the mixes, scored against the model's first centroids."""
         mixes = self.profiles.interests
@@ -423,7 +429,9 @@ class WorkerStage:
         for names, ts, vecs, w in chunks:
             keep = [j for j, u in enumerate(names) if u in self.profiles]
             if keep:
-                mixes.fold_many([names[j] for j in keep], ts[keep], model.predict_many(vecs[keep]), w[keep])
+                users = [names[j] for j in keep]
+                mixes.fold_many(users, ts[keep], model.predict_many(vecs[keep]), w[keep])
+                mixes.mark_stale(users)
 
     def _recheck(
         self, model: MiniBatchKMeans, movement: np.ndarray, exclude: set[str], now_ms: int

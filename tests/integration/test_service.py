@@ -61,8 +61,9 @@ def _event_records(scenario) -> list[tuple[bytes, bytes]]:
 def test_service_agrees_with_replay_on_the_same_events(kafka_bootstrap, tmp_path):
     """Same events, same batch boundaries: the service clusters as well as replay, in one consistent id space.
 
-    The events are produced before the service starts, to a single partition, and the batch
-    wait is long, so every service batch holds exactly ``batch`` records, as in replay. Replay
+    The events are produced before the service starts, to a single partition, the batch
+    wait is long and batches do not grow under the backlog (``batch_cap_events`` = ``batch``),
+    so every service batch holds exactly ``batch`` records, as in replay. Replay
     trains in memory, each batch assessed with the model that includes it; the service's
     member assesses a batch with the newest version the group's trainer had committed (the
     round trip through the statistics and model topics), so the two take slightly different
@@ -80,7 +81,7 @@ def test_service_agrees_with_replay_on_the_same_events(kafka_bootstrap, tmp_path
     n = send(kafka_bootstrap, topics.events, _event_records(scenario))
     batch = 256
     svc = ServiceProcess(kafka_bootstrap, topics, tmp_path, "--clusters", "10", "--batch-max-events", str(batch),
-                         "--batch-max-wait-ms", "3000")
+                         "--batch-max-wait-ms", "3000", env={"INTEREST_STREAM_BATCH_CAP_EVENTS": str(batch)})
     try:
         svc.wait_ready()
         svc.wait_consumed(n)
@@ -233,8 +234,9 @@ def test_sigterm_mid_stream_loses_nothing(kafka_bootstrap, tmp_path):
     scenario = _scenario(n_users=100, events_per_user=12, seed=5, content="text")
     n = send(kafka_bootstrap, topics.events, _event_records(scenario))
     batch = ["--clusters", "8", "--batch-max-events", "100", "--batch-max-wait-ms", "3000"]
+    fixed = {"INTEREST_STREAM_BATCH_CAP_EVENTS": "100"}  # batches of exactly 100, as the reference's
 
-    first = ServiceProcess(kafka_bootstrap, topics, tmp_path, *batch, name="first")
+    first = ServiceProcess(kafka_bootstrap, topics, tmp_path, *batch, name="first", env=fixed)
     try:
         first.wait_ready()
         wait_for(lambda: first.value("interest_events_consumed_total") >= 300, 120, what="300 events")
@@ -245,7 +247,7 @@ def test_sigterm_mid_stream_loses_nothing(kafka_bootstrap, tmp_path):
     assert 300 <= consumed_first < n, "stopped mid-stream"
     assert consumed_first % 100 == 0, "stopped at a batch boundary"
 
-    second = ServiceProcess(kafka_bootstrap, topics, tmp_path, *batch, name="second")
+    second = ServiceProcess(kafka_bootstrap, topics, tmp_path, *batch, name="second", env=fixed)
     try:
         second.wait_ready()
         assert second.value("interest_users_tracked") > 0, "profiles restored from the changelog"
@@ -271,9 +273,14 @@ def test_sigterm_mid_stream_loses_nothing(kafka_bootstrap, tmp_path):
         assert ref_ms == ref_ref_ms
         np.testing.assert_allclose(vector, ref_vector, atol=1e-5)
         assert mass == pytest.approx(ref_mass, rel=1e-9)
+    # The member assesses with the versions its trainer committed (one round trip behind the in-memory
+    # reference), so the two models take slightly different paths: compare their quality.
     final = latest_assignments(read_all(kafka_bootstrap, topics.assignments))
-    same = [final[u]["cluster"] == reference.tracker.last(u)[0] for u in scenario.truth]
-    assert np.mean(same) >= 0.95, f"final assignments agree for {np.mean(same):.1%} of users"
+    users = sorted(scenario.truth)
+    truth = [scenario.truth[u].final_primary for u in users]
+    nmi_service = normalized_mutual_info_score(truth, [final[u]["cluster"] for u in users])
+    nmi_reference = normalized_mutual_info_score(truth, [reference.tracker.last(u)[0] for u in users])
+    assert nmi_service >= nmi_reference - 0.05, (nmi_service, nmi_reference)
 
 
 def test_batches_grow_under_a_backlog_and_shrink_when_it_is_gone(kafka_bootstrap, tmp_path):
