@@ -155,6 +155,7 @@ class PartitionState:
         t0 = time.monotonic()
         m.restore_progress.set(0.0)
         self.set_ready(False)
+        self._wait_for_stable_offsets(partitions)
 
         def progress(done: int, total: int) -> None:
             m.restore_progress.set(done / total if total else 1.0)
@@ -188,6 +189,24 @@ class PartitionState:
         log.info("restored partitions %s: %d profiles, %d assignments, model version %d, %.2f s",
                  partitions, len(restored), n_assigned, pipeline.model.version, took)
         return True
+
+    def _wait_for_stable_offsets(self, partitions: list[int]) -> None:
+        """Wait until no transaction of the partitions' previous owner is still open (KIP-447).
+
+        Every transaction that writes a user's records also commits the offsets of the user's
+        partition, and a read_committed consumer's offset fetch waits while such a commit is
+        pending. A previous owner that died after asking to commit leaves its transaction open
+        until it completes (or, aborted, until ``transaction.timeout.ms``); the changelogs read
+        before it completes would miss what it wrote, and its records would then appear after
+        the restore: a change published twice. So the offsets are fetched before the changelogs.
+        """
+        consumer = self.consumer
+        if consumer is None or not partitions:
+            return
+        from kafka import TopicPartition
+
+        for p in partitions:
+            consumer.committed(TopicPartition(self.settings.events_topic, p))
 
     def _seek_to_committed(self, consumer, partitions: set[int]) -> bool:
         from kafka import TopicPartition
