@@ -28,6 +28,7 @@ class Only(StrEnum):
     speed = "speed"
     service = "service"
     state = "state"
+    encoders = "encoders"
 
 
 app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
@@ -38,7 +39,7 @@ def main(
     only: list[Only] = typer.Option(
         None,
         "--only",
-        help="Run only this benchmark (repeatable): quality, movielens, speed, service or state. Default: all.",
+        help="Run only this benchmark (repeatable): quality, movielens, speed, service, state or encoders. Default: all.",
     ),
     quick: bool = typer.Option(
         False,
@@ -153,6 +154,12 @@ def main(
 
         report.print("\n[bold underline]5. Durable state and exactly-once[/]")
         state.run(report, quick=quick)
+
+    if Only.encoders in chosen:
+        from bench import encoders
+
+        report.print("\n[bold underline]6. Encoder backends[/]")
+        encoders.run(report, ag_news=ag_news, mind=mind, movielens=movielens, quick=quick, seed=seed)
 
     report.print()
     report.targets_table(title="Summary of targets")

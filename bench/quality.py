@@ -470,7 +470,7 @@ def run(options: QualityOptions, report: Report) -> list[QualityResult]:
     else:
         report.print(f"[yellow]MIND not found at {options.mind}: skipped[/]")
     results = []
-    encoder = product.sentence_encoder() if corpora else None
+    encoder = product.sentence_encoder(overrides=options.overrides) if corpora else None
     for name, label, corpus, top in corpora:
         if top:
             sizes = {t: len(docs) for t, docs in corpus.by_topic().items()}
