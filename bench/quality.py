@@ -516,7 +516,7 @@ def run(options: QualityOptions, report: Report) -> list[QualityResult]:
         )
         note = (
             f"the product's EventEmbedder ran on every event; its EmbeddingCache was pre-filled with the "
-            f"{len(texts) + len(extra):,} texts' embeddings (computed by the same SentenceEmbedder, kept on disk); "
+            f"{len(texts) + len(extra):,} texts' embeddings (computed by the same encoder, kept on disk); "
             f"texts the encoder still had to encode: {driver.texts_encoded}"
         )
         res.notes.append(note)

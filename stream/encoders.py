@@ -76,8 +76,17 @@ def make_encoder(settings: ClusteringSettings):
         cache_dir=settings.encoder_cache_dir,
         batch_size=settings.encode_batch_size,
         max_seq_length=settings.max_seq_length,
-        threads=settings.encoder_threads,
+        threads=settings.encoder_threads or _omp_threads(),
     )
+
+
+def _omp_threads() -> int:
+    """``OMP_NUM_THREADS`` as a number (0 when unset or invalid): the deployment's CPU limit, which
+    OpenVINO does not read by itself (see deploy/k8s)."""
+    try:
+        return max(0, int(os.environ.get("OMP_NUM_THREADS", "0")))
+    except ValueError:
+        return 0
 
 
 def _model_window(model_path: Path) -> int:

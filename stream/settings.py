@@ -145,7 +145,7 @@ class ClusteringSettings(BaseModel):
         "and library versions); default: ~/.cache/interest-stream/encoders.",
     )
     encoder_threads: int = Field(
-        0, ge=0, le=1024, description="Inference threads of the OpenVINO backends (0: every core the process may use)."
+        0, ge=0, le=1024, description="Inference threads of the OpenVINO backends (0: `OMP_NUM_THREADS` when set, else every core the process may use)."
     )
     encode_batch_size: int = Field(64, ge=1, le=8192, description="Texts per forward pass of the encoder.")
     max_seq_length: int | None = Field(
