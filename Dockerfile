@@ -74,7 +74,7 @@ v = make_encoder(ClusteringSettings(device='cpu')).encode(['offline check']); as
 
 USER 10001:10001
 # No VOLUME: the service keeps no state on disk. Profiles, the clustering model and the last
-# assignments live in Kafka (changelog topics, see deploy/OPERATING.md, "State and restarts"), so
+# assignments live in Kafka (changelog and model topics, see deploy/OPERATING.md, "State and restarts"), so
 # the container may run with a read-only root filesystem and be replaced at will.
 WORKDIR /home/app
 EXPOSE 9108

@@ -28,6 +28,8 @@ class Only(StrEnum):
     speed = "speed"
     service = "service"
     state = "state"
+    trainer = "trainer"
+    interests = "interests"
     encoders = "encoders"
 
 
@@ -39,7 +41,8 @@ def main(
     only: list[Only] = typer.Option(
         None,
         "--only",
-        help="Run only this benchmark (repeatable): quality, movielens, speed, service, state or encoders. Default: all.",
+        help="Run only this benchmark (repeatable): quality, movielens, speed, service, state, trainer, "
+        "interests or encoders. Default: all.",
     ),
     quick: bool = typer.Option(
         False,
@@ -116,11 +119,11 @@ def main(
     except ImportError:  # pragma: no cover
         pass
 
-    if Only.quality in chosen:
+    quality_options = None
+    if Only.quality in chosen or Only.interests in chosen:
         from bench import quality
 
-        report.print("\n[bold underline]1. Quality on real text[/]")
-        opts = quality.QualityOptions(
+        quality_options = quality.QualityOptions(
             ag_news=str(ag_news),
             mind=str(mind),
             n_users=min(users, 400) if quick else users,
@@ -132,7 +135,9 @@ def main(
             use_disk_cache=not no_disk_cache,
             overrides=overrides,
         )
-        quality.run(opts, report)
+    if Only.quality in chosen:
+        report.print("\n[bold underline]1. Quality on real text[/]")
+        quality.run(quality_options, report)
     if Only.movielens in chosen:
         from bench import movielens as ml
 
@@ -155,10 +160,23 @@ def main(
         report.print("\n[bold underline]5. Durable state and exactly-once[/]")
         state.run(report, quick=quick)
 
+    if Only.trainer in chosen:
+        from bench import trainer
+
+        report.print("\n[bold underline]6. One model for the group: the trainer's capacity[/]")
+        trainer.run(report, quick=quick, seed=seed)
+        trainer.run_staleness(report, movielens_dir=movielens, quick=quick)
+
+    if Only.interests in chosen:
+        from bench import interests
+
+        report.print("\n[bold underline]7. Interest mixes[/]")
+        interests.run(quality_options, movielens, report, quick=quick)
+
     if Only.encoders in chosen:
         from bench import encoders
 
-        report.print("\n[bold underline]6. Encoder backends[/]")
+        report.print("\n[bold underline]8. Encoder backends[/]")
         encoders.run(report, ag_news=ag_news, mind=mind, movielens=movielens, quick=quick, seed=seed)
 
     report.print()

@@ -215,6 +215,8 @@ def evaluate(
             event_count[u] += 1
             user_event_ts[u].append(int(e["ts"]))
         for c in changes:
+            if c.previous_cluster is not None and c.cluster == c.previous_cluster:
+                continue  # an interests-only record (bench.interests scores those): the primary did not move
             last_cluster[c.user_id] = c.cluster
             n_changes[c.user_id] += 1
             change_log[c.user_id].append((event_count[c.user_id], c.cluster, c.event_ts_ms))

@@ -24,7 +24,7 @@ import msgspec
 import numpy as np
 
 from consumers.topic_reader import read_to_end
-from stream.profiles import profile_from_bytes
+from stream.profiles import profile_record_from_bytes
 
 
 def _restore_consumer(options: Mapping[str, Any], max_fetch_bytes: int):
@@ -105,6 +105,23 @@ def read_from(
 
     With ``key``, only the records with that key. ``start`` beyond the log start is clamped.
     """
+    return [value for _, value in read_range(options, topic, partition, start, key=key, timeout_s=timeout_s,
+                                             max_fetch_bytes=max_fetch_bytes)]
+
+
+def read_range(
+    options: Mapping[str, Any],
+    topic: str,
+    partition: int,
+    start: int,
+    stop: int | None = None,
+    *,
+    key: bytes | None = None,
+    timeout_s: float = 600.0,
+    max_fetch_bytes: int = 32 * 1024 * 1024,
+) -> list[tuple[int, bytes]]:
+    """``(offset, value)`` of ``partition`` of ``topic`` from ``start`` up to ``stop`` (default: the end),
+    read_committed, in order. ``start`` before the log start is clamped; tombstones are skipped."""
     from kafka import TopicPartition
 
     consumer = _restore_consumer(options, max_fetch_bytes)
@@ -113,15 +130,20 @@ def read_from(
         consumer.assign([tp])
         begin = consumer.beginning_offsets([tp])[tp]
         end = consumer.end_offsets([tp])[tp]
-        consumer.seek(tp, max(begin, min(start, end)))
-        values: list[bytes] = []
+        if stop is not None:
+            end = min(end, stop)
+        out: list[tuple[int, bytes]] = []
+        if max(begin, start) >= end:
+            return out
+        consumer.seek(tp, max(begin, start))
 
         def keep(_tp, records) -> None:
-            values.extend(r.value for r in records if r.value is not None and (key is None or r.key == key))
+            out.extend((r.offset, r.value) for r in records
+                       if r.value is not None and r.offset < end and (key is None or r.key == key))
 
         read_to_end(consumer, [tp], keep, end_offsets={tp: end}, timeout_s=timeout_s, max_records=10_000,
                     poll_timeout_ms=500, what=f"{topic}[{partition}]")
-        return values
+        return out
     finally:
         consumer.close()
 
@@ -139,7 +161,9 @@ def restore_profiles(
     """Load the latest profile of every user of ``partitions`` into a :class:`~stream.profiles.ProfileStore`.
 
     Returns ``{user_id: partition}`` for the users restored. Raises ``ValueError`` when the
-    stored vectors do not have the store's dimension (another model wrote them).
+    stored vectors do not have the store's dimension (another model wrote them). A store with
+    interest mixes (``profiles.interests``) gets each user's mix back from the same record
+    (records written before mixes existed restore without one).
     """
     latest = read_latest(options, topic, partitions, progress=progress, owner_of_key=owner_of_key,
                          on_stray=on_stray)
@@ -148,10 +172,11 @@ def restore_profiles(
     rows: list[np.ndarray] = []
     refs: list[int] = []
     masses: list[float] = []
+    mixes: list[tuple[str, bytes]] = []
     for key, (partition, value) in latest.items():
         if key is None or value is None:
             continue
-        vector, ref_ms, mass = profile_from_bytes(value)
+        vector, ref_ms, mass, mix = profile_record_from_bytes(value)
         if vector.shape[0] != profiles.dim:
             raise ValueError(f"{topic} holds {vector.shape[0]}-d profiles, the encoder makes {profiles.dim}-d ones")
         user = key.decode()
@@ -160,8 +185,14 @@ def restore_profiles(
         rows.append(vector)
         refs.append(ref_ms)
         masses.append(mass)
+        if mix is not None:
+            mixes.append((user, mix))
     if users:
         profiles.put_many(users, np.stack(rows), np.asarray(refs, dtype=np.int64), np.asarray(masses, dtype=np.float64))
+    interests = getattr(profiles, "interests", None)
+    if interests is not None:
+        for user, mix in mixes:
+            interests.put_bytes(user, mix)
     return owners
 
 
@@ -184,8 +215,10 @@ def restore_assignments(
         try:
             record = msgspec.json.decode(value)
             previous = record.get("previous_cluster")
+            interests = record.get("interests")
             tracker.restore(key.decode(), int(record["cluster"]), float(record["score"]),
-                            None if previous is None else int(previous))
+                            None if previous is None else int(previous),
+                            None if interests is None else [int(i["cluster"]) for i in interests])
             restored += 1
         except (msgspec.DecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError):
             continue  # an unreadable record: that user is re-assessed on its next event

@@ -2,7 +2,8 @@
 
 The consumer group decides which partitions of the events topic a member owns; the member holds
 the state (profiles, last assignments) of exactly the users of those partitions, restored from the
-co-partitioned changelogs (:mod:`consumers.changelog`), plus the model.
+co-partitioned changelogs (:mod:`consumers.changelog`). The model is the group's, not the
+member's: it follows the model topic (:mod:`consumers.model_follower`).
 
 :class:`PartitionState` keeps that straight with two pieces of state:
 
@@ -11,8 +12,7 @@ co-partitioned changelogs (:mod:`consumers.changelog`), plus the model.
   partitions) and not applied yet. :meth:`apply_pending` applies it between batches: drops the
   users of partitions lost, restores the partitions gained, resumes, reports ready. Events are
   never processed for a partition whose state is not loaded: its partitions stay paused;
-- ``from_scratch``: the in-memory state is empty and must be rebuilt from Kafka, with the model,
-  and every owned partition re-read from its committed offset. True at start-up, and again after
+- ``from_scratch``: the in-memory state is empty and must be rebuilt from Kafka, and every owned partition re-read from its committed offset. True at start-up, and again after
   :meth:`rebuild`: a batch that was not committed leaves the in-memory state ahead of what Kafka
   holds, and the changelogs plus the committed offsets are the only truth.
 
@@ -40,11 +40,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from consumers.changelog import read_from, read_latest, restore_assignments, restore_profiles
+from consumers.changelog import restore_assignments, restore_profiles
 from consumers.kafka_retry import FatalKafkaError, KafkaRetry, call
 from consumers.partitioning import UserPartitioner
 from stream.metrics import ServiceMetrics
-from stream.model_state import ModelStateError, apply_model_update, restore_model_state
 
 log = logging.getLogger("interest_stream.service")
 
@@ -124,7 +123,7 @@ class PartitionState:
 
     def rebuild(self, consumer) -> None:
         """After a failed commit: forget what is held; the next :meth:`apply_pending` restores every owned
-        partition and the model from Kafka and re-reads each partition from its committed offset."""
+        partition from Kafka and re-reads each partition from its committed offset."""
         self.set_ready(False)
         if self.pending is None:
             self.pending = set(self.owned)
@@ -149,7 +148,7 @@ class PartitionState:
         log.info("dropped the state of %d users of partitions %s (no longer owned)", len(users), sorted(partitions))
 
     def _restore(self, pipeline, partitions: list[int]) -> bool:
-        """Restore profiles and last assignments of ``partitions`` (and, from scratch, the model)."""
+        """Restore profiles and last assignments of ``partitions``."""
         s, m = self.settings, self.metrics
         profiles_topic, _, _ = s.changelog_topics()
         opts = s.kafka_client_options()
@@ -182,8 +181,6 @@ class PartitionState:
                                          owner_of_key=owner, on_stray=stray)
         if strays:
             log.warning("restore skipped stray records (key not owned by their partition): %s", strays)
-        if self.from_scratch:
-            self._restore_model(pipeline, opts)
         took = time.monotonic() - t0
         m.restore_progress.set(1.0)
         m.restore_seconds.set(took)
@@ -191,35 +188,6 @@ class PartitionState:
         log.info("restored partitions %s: %d profiles, %d assignments, model version %d, %.2f s",
                  partitions, len(restored), n_assigned, pipeline.model.version, took)
         return True
-
-    def _restore_model(self, pipeline, opts: dict) -> None:
-        """The latest model snapshot, then its writer's logged trainer steps after it: the exact model."""
-        s = self.settings
-        _, model_topic, updates_topic = s.changelog_topics()
-        model = read_latest(opts, model_topic, [0], max_fetch_bytes=2 * s.max_request_size)
-        data = model.get(b"model", (0, None))[1]
-        writer, start = s.transactional_id, 0
-        if data is not None:
-            try:
-                restored = restore_model_state(pipeline, data)
-            except ModelStateError as exc:
-                raise FatalKafkaError(f"cannot restore the model from {model_topic}: {exc}") from exc
-            writer, start = restored.writer or s.transactional_id, restored.updates_offset
-            for change in restored.changes:  # live settings changed since the snapshot: they apply now
-                log.warning("%s", change)
-        steps = read_from(opts, updates_topic, 0, start, key=writer.encode(), max_fetch_bytes=2 * s.max_request_size)
-        replayed = 0
-        for value in steps:
-            before = pipeline.trainer.updates
-            try:
-                if apply_model_update(pipeline, value) > before:
-                    replayed += 1
-            except (ModelStateError, ValueError) as exc:
-                log.warning("model update log of %s stops early (%s); continuing from step %d",
-                            writer, exc, pipeline.trainer.updates)
-                break
-        log.info("model restored: snapshot %s, %d logged steps replayed (writer %s), version %d",
-                 "found" if data is not None else "absent", replayed, writer, pipeline.model.version)
 
     def _seek_to_committed(self, consumer, partitions: set[int]) -> bool:
         from kafka import TopicPartition

@@ -86,7 +86,7 @@ def _table(view: ClusterView) -> str:
     biggest = max((row.users for row in view.rows), default=0) or 1
     lines = [
         "<table><thead><tr><th>cluster</th><th>label terms</th><th class='num'>users</th><th>share</th>"
-        "<th class='num'>weight</th><th class='num'>model</th><th>last change (UTC)</th></tr></thead><tbody>"
+        "<th class='num'>secondary interest</th><th class='num'>weight</th><th class='num'>model</th><th>last change (UTC)</th></tr></thead><tbody>"
     ]
     for row in view.rows:
         colour = _css_colour(colours[row.cluster])
@@ -99,8 +99,28 @@ def _table(view: ClusterView) -> str:
             f"<td>{terms}</td><td class='num'>{row.users:,}</td>"
             f"<td><div class='bar' title='{share:.1%}'><div style='width:{100 * row.users / biggest:.1f}%;"
             f"background:{colour}'></div></div></td>"
-            f"<td class='num'>{weight}</td><td class='num'>{version}"
+            f"<td class='num'>{row.secondary_users:,}</td><td class='num'>{weight}</td><td class='num'>{version}"
             f"</td><td>{html.escape(iso_time(row.last_change_ms) or '')}</td></tr>"
+        )
+    lines.append("</tbody></table>")
+    return "".join(lines)
+
+
+def _interests_table(view: ClusterView) -> str:
+    """Users by the number of interests in their latest record, as a bar table."""
+    counts = view.interests_per_user
+    if not counts:
+        return '<p class="empty">No users yet.</p>'
+    total = sum(counts.values()) or 1
+    biggest = max(counts.values()) or 1
+    lines = ["<table><thead><tr><th class='num'>interests</th><th class='num'>users</th><th>share</th>"
+             "</tr></thead><tbody>"]
+    for n, users in counts.items():
+        label = "none (no interests in the record)" if n == 0 else str(n)
+        lines.append(
+            f"<tr><td class='num'>{label}</td><td class='num'>{users:,}</td>"
+            f"<td><div class='bar' title='{users / total:.1%}'><div style='width:{100 * users / biggest:.1f}%;"
+            f"background:#3e4c59'></div></div></td></tr>"
         )
     lines.append("</tbody></table>")
     return "".join(lines)
@@ -150,7 +170,11 @@ def render_report(
 <div class="cards">{cards_html}</div>
 <section><h2>Clusters</h2>{_table(view)}
 <div class="caption">Users: users whose latest assignment is the cluster (tombstoned users removed).
-Weight: the centroid's decayed weight in its latest snapshot.</div></section>
+Secondary interest: users whose latest record lists the cluster among their interests while their
+primary cluster is another one. Weight: the centroid's decayed weight in its latest snapshot.</div></section>
+<section><h2>Interests per user</h2>{_interests_table(view)}
+<div class="caption">Clusters listed in each user's latest record (<code>interests</code>: the clusters holding
+at least <code>min_interest_share</code> of the user's decayed events).</div></section>
 <div class="grid2">
 <section><h2>Cluster sizes over time</h2>{_png_img(sizes_png, "cluster sizes over time")}
 <div class="caption">Replayed from the assignments topic in {buckets} time buckets; after log compaction

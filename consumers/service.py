@@ -1,36 +1,51 @@
-"""The streaming service: one consumer-group member running the worker and trainer stages.
+"""The streaming service: one consumer-group member, a worker for its partitions' users that follows the group's model.
 
 Loop, per micro-batch:
 
-1. poll the events topic until ``batch_max_events`` records arrived or
+1. between batches, adopt the newest model version the group's trainer committed on the model
+   topic (:mod:`consumers.model_follower`, :meth:`stream.pipeline.Pipeline.adopt`; ``_follow_model``),
+   so that every batch is assessed with one version;
+2. poll the events topic until ``batch_max_events`` records arrived or
    ``batch_max_wait_ms`` passed since the first one (low latency at low rates, large
    batches at high rates);
-2. run the same :class:`stream.pipeline.Pipeline` that ``interest-stream replay`` runs
-   (decode, embed, fold profiles, k-means statistics, trainer update, assignments);
-3. publish assignment changes (compacted, key = user id; a tombstone for a forgotten
-   user), centroid snapshots (compacted, key = cluster id), dead letters (original
-   bytes, reason and source coordinates in headers), the changed profiles on the
-   profiles changelog and, every few batches, the model on the model changelog;
-4. commit. ``exactly_once`` (default): all of step 3 and the consumed offsets
+3. run the same :class:`stream.pipeline.Pipeline` that ``interest-stream replay`` runs, with
+   ``train=False`` (decode, embed, fold profiles, assess the touched users against the adopted
+   version and re-check the users of clusters it moved, summarise the batch into k-means
+   statistics); before the first version exists, users are held (the warm-up) and assessed
+   once it arrives;
+4. publish assignment changes (compacted, key = user id, each naming the model version it was
+   computed with; a tombstone for a forgotten user), dead letters (original bytes, reason and
+   source coordinates in headers), the changed profiles on the profiles changelog and the
+   batch's statistics record on the one-partition statistics topic, for the trainer;
+5. commit. ``exactly_once`` (default): all of step 4 and the consumed offsets
    (``send_offsets_to_transaction`` with the consumer's group metadata) commit in one
    transaction; if anything fails the transaction aborts, the member rebuilds its state
    from the changelogs and re-reads from the committed offsets. ``at_least_once``:
    outputs are flushed and acknowledged, then offsets are committed.
 
-State: on every partition assignment the member restores exactly the partitions it
-gained (profiles from the profiles changelog, last emitted assignments from the
-assignments topic, both co-partitioned with the events topic; the model from the model
-changelog on first start) and drops the users of partitions it lost; it reports ready
-only afterwards.
+The model is the group's, not the member's: unless ``trainer_role`` is false, the member also
+competes, on a thread of its own, for the trainer role (:mod:`consumers.trainer_role`: a second
+consumer group on the statistics topic elects one trainer, which applies every member's
+statistics in offset order and commits each new model version, the centroid snapshots and its
+consumed offsets in one transaction). A single member is worker and trainer at once, its model
+making the round trip through Kafka too. A failure of the trainer role is fatal to the member.
+
+State: at start-up the member reads the model topic to its end (it follows it afterwards); on
+every partition assignment it restores exactly the partitions it gained (profiles from the
+profiles changelog, last emitted assignments from the assignments topic, both co-partitioned
+with the events topic) and drops the users of partitions it lost; it reports ready only
+afterwards.
 
 This module is the wiring and the loop; the parts live beside it, each with its reasoning:
 
-- :mod:`consumers.member_clients` — topics, producer, consumer built from the settings;
+- :mod:`consumers.member_clients` — topics, producers, consumers built from the settings;
 - :mod:`consumers.kafka_retry` — retrying with backoff, fatal errors;
 - :mod:`consumers.partition_state` — owned partitions, restore, the rebuild after a failure;
 - :mod:`consumers.batch_outputs` — the records a batch publishes, each in its user's partition;
 - :mod:`consumers.batch_committer` — the transaction and the one commit-or-recover policy;
 - :mod:`consumers.catalog_follower` — the item catalog;
+- :mod:`consumers.model_follower` — the group's model topic;
+- :mod:`consumers.trainer_role` — the trainer role: election, takeover, the model's transactions;
 - :mod:`consumers.group_watchdog` — a member outside its group gets back in (or out);
 - :mod:`consumers.service_metrics` — what the batches tell Prometheus.
 
@@ -38,8 +53,9 @@ Embedding a large batch never gets the member evicted: the batch runs on a helpe
 thread while the loop pauses its partitions and keeps calling ``poll`` often enough
 for ``max.poll.interval.ms``. The item catalog topic is read to its end before the first
 event and followed afterwards. SIGTERM/SIGINT finish the batch, flush, commit, leave the
-group and exit 0. An unreachable broker is retried with capped exponential backoff
-(logged, counted in ``interest_kafka_retries_total``); failed authentication is fatal at once.
+group and exit 0; the trainer role stops at once, writing its state on the way out. An
+unreachable broker is retried with capped exponential backoff (logged, counted in
+``interest_kafka_retries_total``); failed authentication is fatal at once.
 
 Example (needs a broker, so not run as a doctest)::
 
@@ -64,13 +80,21 @@ from consumers.catalog_follower import CatalogFollower
 from consumers.group_watchdog import GroupWatchdog, describe_group
 from consumers.kafka_config import admin_client
 from consumers.kafka_retry import FatalKafkaError, KafkaRetry
-from consumers.member_clients import make_events_consumer, make_producer, set_up_topics, transaction_wait_s
+from consumers.member_clients import (
+    make_events_consumer,
+    make_model_reader,
+    make_producer,
+    set_up_topics,
+    transaction_wait_s,
+)
 from consumers.metrics_server import MetricsServer
+from consumers.model_follower import ModelFollower
 from consumers.partition_state import PartitionState
 from consumers.partitioning import UserPartitioner
 from consumers.service_metrics import ServiceObserver
 from consumers.settings import ServiceSettings
 from consumers.topics import TopicMismatchError
+from consumers.trainer_role import BAD_STATISTICS, TrainerRole
 from stream.events import RejectReason, decode_event
 from stream.metrics import ServiceMetrics
 
@@ -99,6 +123,8 @@ class InterestService:
         self.consumer = None
         self.catalog_follower: CatalogFollower | None = None
         self.outputs: BatchOutputs | None = None  # once the events topic's partition count is known
+        self.model_follower: ModelFollower | None = None
+        self.trainer_role: TrainerRole | None = None
         self.batches = 0
         self.retry = KafkaRetry(self.metrics, self._stop, cap_s=s.connect_backoff_max_s)
         self.observer = ServiceObserver(self.metrics)
@@ -132,7 +158,7 @@ class InterestService:
 
         # The matrix products here are small: BLAS threads only fight torch for the cores.
         threadpool_limits(1, user_api="blas")
-        self.observer.zero_labelled_series([*(r.value for r in RejectReason), "bad_catalog_record"])
+        self.observer.zero_labelled_series([*(r.value for r in RejectReason), "bad_catalog_record", BAD_STATISTICS])
         self.server = MetricsServer(self.metrics, host=s.metrics_host, port=s.metrics_port)
         self.server.add_health_check(self._group_problem)
         self.server.start()
@@ -152,7 +178,6 @@ class InterestService:
             if not self._connect():
                 return 0
             self._loop()
-            self._final_model_snapshot()
             return 0
         except FatalKafkaError as exc:
             log.error("%s", exc)
@@ -186,11 +211,10 @@ class InterestService:
             return False
         users = UserPartitioner(n_partitions)
         self.partitions.users = users
-        profiles, model, updates = s.changelog_topics()
+        profiles, _, statistics = s.changelog_topics()
         topics = SimpleNamespace(profiles=profiles, assignments=s.assignments_topic, centroids=s.centroids_topic,
-                                 dead_letters=s.dead_letter_topic, model=model, updates=updates)
-        self.outputs = BatchOutputs(topics, users, writer=s.transactional_id.encode(),
-                                    model_snapshot_every=s.model_snapshot_every)
+                                 dead_letters=s.dead_letter_topic, statistics=statistics)
+        self.outputs = BatchOutputs(topics, users, writer=s.transactional_id.encode())
         if not self.committer.start():
             return False
         self.catalog_follower = self.retry.call("connect", lambda: CatalogFollower(
@@ -201,6 +225,16 @@ class InterestService:
         n_items = self.catalog_follower.load_all()
         log.info("item catalog loaded: %d records applied, %d items, %.2f s",
                  n_items, len(self._pipeline.catalog), time.monotonic() - t0)
+        self.model_follower = self.retry.call("connect", lambda: ModelFollower(make_model_reader(s)))
+        if self.model_follower is None:
+            return False
+        t0 = time.monotonic()
+        self.model_follower.catch_up()
+        self._follow_model()
+        log.info("model topic read: version %d, %.2f s", self._pipeline.model.version, time.monotonic() - t0)
+        if s.trainer_role:
+            self.trainer_role = TrainerRole(s, self.metrics, dim=self._pipeline.profiles.dim, stop=self._stop)
+            self.trainer_role.start()
         listener = self.partitions.listener()
         self.consumer = self.retry.call("connect", lambda: make_events_consumer(s, listener))
         if self.consumer is None:
@@ -210,9 +244,13 @@ class InterestService:
 
     def _shutdown(self) -> None:
         self._set_ready(False)
+        self._stop.set()  # also ends the trainer role (which writes its state on the way out)
+        if self.trainer_role is not None:
+            self.trainer_role.join()
         for name, closer in (("consumer", lambda: self.consumer and self.consumer.close(autocommit=False)),
                              ("producer", self.committer.close),
-                             ("catalog", lambda: self.catalog_follower and self.catalog_follower.close())):
+                             ("catalog", lambda: self.catalog_follower and self.catalog_follower.close()),
+                             ("model reader", lambda: self.model_follower and self.model_follower.close())):
             try:
                 closer()
             except Exception as exc:  # closing must never hide the real exit reason
@@ -230,6 +268,7 @@ class InterestService:
                 self.partitions.apply_pending(self.consumer, self._pipeline)
                 continue
             self.catalog_follower.follow(timeout_ms=0)
+            self._follow_model()
             if self.committer.pending_dead_letters:
                 self._commit([], {})
             # A revocation seen by any poll from here on (including the ones that collect this batch)
@@ -255,6 +294,8 @@ class InterestService:
         from stream.pipeline import Pipeline
 
         self._pipeline = Pipeline(self.settings.clustering, self._encoder, self._pipeline.catalog)
+        if self.model_follower is not None and self.model_follower.latest is not None:
+            self._pipeline.adopt(self.model_follower.latest)
         self.observer.new_pipeline()
         self._sweep, self._swept_version = [], -1
         self.partitions.rebuild(self.consumer)
@@ -308,7 +349,6 @@ class InterestService:
             return  # not committed: rebuilt from Kafka, or stopping while Kafka is unreachable
         publish_ms = time.time() * 1000
         self.metrics.last_commit.set(time.time())
-        self.outputs.committed(sends, futures)
         self.batches += 1
         if misrouted:
             self.metrics.rejected.labels(reason=RejectReason.WRONG_PARTITION.value).inc(len(misrouted))
@@ -330,7 +370,7 @@ class InterestService:
 
     def _run_batch(self, source: list, now_ms: int):
         """Run the pipeline on a helper thread, keeping the group membership alive meanwhile."""
-        future = self._executor.submit(self._pipeline.process_batch, source, now_ms)
+        future = self._executor.submit(self._pipeline.process_batch, source, now_ms, train=False)
         keepalive_s = max(1.0, self.settings.max_poll_interval_ms / 3000.0)
         paused: set = set()
         try:
@@ -378,15 +418,18 @@ class InterestService:
         self.committer.dead_letter(reason, Send(self.settings.dead_letter_topic, rec.key, rec.value or b"",
                                                 dlq_headers(rec.topic, rec.partition, rec.offset, reason, detail)))
 
-    def _final_model_snapshot(self) -> None:
-        """At shutdown: write the model so the next start continues it (best effort: the trainer-step log
-        after the last snapshot rebuilds the same model anyway)."""
-        pipe = self._pipeline
-        if self.committer.producer is None or pipe is None or not pipe.model.is_initialised \
-                or self.outputs is None or not self.outputs.snapshot_pending():
-            return
-        if self.committer.commit_or_recover([self.outputs.model_snapshot(pipe)], {}).ok:
-            log.info("model version %d written to the model changelog", pipe.model.version)
+    def _follow_model(self) -> None:
+        """Between batches: adopt the newest model version the trainer committed (see the module docstring)."""
+        follower, pipe, m = self.model_follower, self._pipeline, self.metrics
+        if self.trainer_role is not None and self.trainer_role.fatal is not None:
+            exc = self.trainer_role.fatal
+            raise exc if isinstance(exc, FatalKafkaError) else RuntimeError(f"the trainer role failed: {exc}")
+        latest = follower.poll()
+        # How far behind the newest committed version this member assessed its last batch.
+        m.versions_behind.set(max(0, follower.newest_version - pipe.model.version))
+        if latest is not None and pipe.adopt(latest):
+            m.model_version.set(pipe.model.version)
+        m.model_age.set(follower.age_s())
 
     # ----------------------------------------------------------------- group membership
     def _watch_group(self) -> None:

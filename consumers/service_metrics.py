@@ -48,6 +48,9 @@ class ServiceObserver:
         self.metrics = metrics
         self.lag_every_s = lag_every_s
         self._prev = dict.fromkeys(_RUNNING_TOTALS, 0)
+        self._prev_set_changes = 0
+        self._prev_by_interests = {}
+        self._prev_by_interests: dict[int, int] = {}
         self._lag_at = 0.0
         self._lag_labels: set[tuple[str, str]] = set()
 
@@ -65,6 +68,8 @@ class ServiceObserver:
     def new_pipeline(self) -> None:
         """The pipeline was replaced (its running totals start at zero again)."""
         self._prev = dict.fromkeys(_RUNNING_TOTALS, 0)
+        self._prev_set_changes = 0
+        self._prev_by_interests = {}
 
     def batch(self, records: list, out: Any, pipeline: Any, publish_ms: float, seconds: float) -> None:
         """One committed batch: counts, sizes, durations, latency, model and cluster gauges."""
@@ -93,9 +98,18 @@ class ServiceObserver:
                 m.movement.labels(cluster=str(cluster)).set(float(moved))
 
     def clusters(self, pipeline: Any) -> None:
-        """Users per cluster, from the last published assignments."""
-        for cluster, size in enumerate(pipeline.tracker.cluster_sizes(pipeline.model.n_clusters)):
+        """Users per cluster, from the last published assignments; the interests of the records published
+        since the last call (batches and idle sweeps alike: the tracker keeps running totals)."""
+        tracker = pipeline.tracker
+        for cluster, size in enumerate(tracker.cluster_sizes(pipeline.model.n_clusters)):
             self.metrics.cluster_size.labels(cluster=str(cluster)).set(int(size))
+        set_changes = int(getattr(tracker, "interest_set_changes", 0))
+        self.metrics.interest_set_changes.inc(max(0, set_changes - self._prev_set_changes))
+        self._prev_set_changes = set_changes
+        for n, total in dict(getattr(tracker, "records_by_interests", {})).items():
+            for _ in range(max(0, total - self._prev_by_interests.get(n, 0))):
+                self.metrics.interests_per_user.observe(n)
+            self._prev_by_interests[n] = total
 
     def lag(self, consumer: Any) -> None:
         """Consumer lag per owned partition (best effort, at most every ``lag_every_s``)."""

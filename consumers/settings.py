@@ -138,16 +138,28 @@ class ServiceSettings(BaseSettings):
     profiles_changelog_topic: str = Field(
         "", description="Compacted changelog of user profiles (key = user id); default: <group_id>-profiles-changelog."
     )
-    model_changelog_topic: str = Field(
-        "", description="Compacted changelog of the clustering model; default: <group_id>-model-changelog."
+    model_topic: str = Field(
+        "", description="Compacted topic of the group's shared model: the versions every member follows and the "
+        "trainer's own state; default: <group_id>-model."
     )
-    model_updates_topic: str = Field(
-        "", description="Log of every trainer step since the last model snapshot (delete policy); "
-        "default: <group_id>-model-updates."
+    statistics_topic: str = Field(
+        "", description="One-partition log of every batch's model statistics, which the trainer applies in order "
+        "(delete policy, 7 days); default: <group_id>-statistics."
+    )
+    trainer_role: bool = Field(
+        True, description="Whether this member may hold the trainer role (the group elects one of the members "
+        "that may). Members that may not are workers only."
     )
     model_snapshot_every: int = Field(
-        100, ge=1, description="Write the model (about 3 MB) to its changelog every this many batches and at "
-        "shutdown; between snapshots, the logged trainer steps rebuild it exactly."
+        100, ge=1, description="The trainer writes its whole state (about 3 MB) to the model topic every this many "
+        "model transactions and on a clean stop; in between, the statistics log rebuilds it exactly."
+    )
+    trainer_max_records: int = Field(
+        500, ge=1, description="Most statistics records the trainer applies in one transaction."
+    )
+    trainer_linger_ms: int = Field(
+        250, ge=0, description="Once statistics arrive, how long the trainer keeps collecting more before it "
+        "applies them and commits one model transaction (fewer, larger transactions; adds to the model's staleness)."
     )
     transaction_timeout_ms: int = Field(
         10_000, ge=1_000, description="Kafka transaction.timeout.ms of the exactly-once producer: how long a "
@@ -233,10 +245,20 @@ class ServiceSettings(BaseSettings):
         return settings
 
     def changelog_topics(self) -> tuple[str, str, str]:
-        """The profiles changelog, model changelog and model update log (defaults derived from the group id)."""
+        """The profiles changelog, the model topic and the statistics topic (defaults derived from the group id)."""
         return (self.profiles_changelog_topic or f"{self.group_id}-profiles-changelog",
-                self.model_changelog_topic or f"{self.group_id}-model-changelog",
-                self.model_updates_topic or f"{self.group_id}-model-updates")
+                self.model_topic or f"{self.group_id}-model",
+                self.statistics_topic or f"{self.group_id}-statistics")
+
+    @property
+    def trainer_group_id(self) -> str:
+        """The consumer group whose owner of the statistics partition is the trainer."""
+        return f"{self.group_id}-trainer"
+
+    @property
+    def trainer_transactional_id(self) -> str:
+        """Fixed for the group: a new trainer's producer fences the previous one (a zombie) at once."""
+        return f"{self.group_id}-trainer"
 
     @property
     def transactional_id(self) -> str:

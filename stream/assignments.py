@@ -23,16 +23,40 @@ Example:
 (1, 0, 0.6, [1, 0])
 >>> tracker.last("ann")
 (1, 0.6)
+
+With an :class:`~stream.interests.InterestMixes` store (``interests=``), every record also
+carries the user's interest set, and a change of that set (a cluster enters or leaves it,
+past the share hysteresis) is published even when the best cluster stays:
+
+>>> from stream.interests import InterestMixes
+>>> mixes = InterestMixes(half_life_s=3600.0, min_share=0.2, hysteresis=0.05)
+>>> tracker = AssignmentTracker(interests=mixes)
+>>> _ = mixes.fold_many(["bo"] * 4, np.zeros(4), np.array([0, 0, 0, 1]))
+>>> [(i.cluster, i.share) for i in tracker.assess(["bo"], None, np.array([[0.9, 0.3]]))[0].interests]
+[(0, 0.75), (1, 0.25)]
+>>> _ = mixes.fold_many(["bo"], np.zeros(1), np.array([0]))       # cluster 1 now at 0.2: inside the hysteresis
+>>> tracker.assess(["bo"], None, np.array([[0.9, 0.3]]))
+[]
+>>> _ = mixes.fold_many(["bo"] * 2, np.zeros(2), np.array([0, 0]))  # 1/7 < 0.15: cluster 1 leaves
+>>> change = tracker.assess(["bo"], None, np.array([[0.9, 0.3]]))[0]
+>>> change.cluster, change.previous_cluster, [i.cluster for i in change.interests]
+(0, 0, [0])
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import msgspec
 import numpy as np
 
-from stream.records import AssignmentChange, ClusterScore
+from stream.interests import interest_set
+from stream.records import AssignmentChange, ClusterScore, InterestShare
+
+if TYPE_CHECKING:
+    from stream.interests import InterestMixes
 
 __all__ = ["AssignmentTracker"]
 
@@ -55,6 +79,9 @@ class _TrackerWire(msgspec.Struct):
     # The cluster each user left with its last change (absent in older states).
     left_users: list[str] = []
     left_clusters: list[int] = []
+    # The interest set of each user's last record (absent in older states).
+    interest_users: list[str] = []
+    interest_sets: list[list[int]] = []
 
 
 _DIGITS = 6
@@ -131,6 +158,7 @@ class AssignmentTracker:
         maturity_margin: float = 0.0,
         confirmations: int = 1,
         return_margin: float = 0.0,
+        interests: InterestMixes | None = None,
     ) -> None:
         if confirmations < 1:
             raise ValueError("confirmations must be >= 1")
@@ -146,6 +174,13 @@ class AssignmentTracker:
         self._last: dict[str, tuple[int, float]] = {}
         self._members: dict[int, _Members] = {}
         self._debt = np.zeros(0, dtype=np.float64)  # outstanding centroid movement per cluster
+        self.interests = interests
+        # user -> the clusters of the interest set of their last record (sorted)
+        self._announced: dict[str, tuple[int, ...]] = {}
+        #: Records published because the interest set changed (first records not counted).
+        self.interest_set_changes = 0
+        #: Records published, by the number of interests they list (running totals, for metrics).
+        self.records_by_interests: Counter[int] = Counter()
 
     def __len__(self) -> int:
         return len(self._last)
@@ -181,17 +216,32 @@ class AssignmentTracker:
         self._last[user_id] = (cluster, score)
         self._members.setdefault(cluster, _Members()).add(user_id)
 
-    def restore(self, user_id: str, cluster: int, score: float, previous_cluster: int | None = None) -> None:
+    def restore(
+        self,
+        user_id: str,
+        cluster: int,
+        score: float,
+        previous_cluster: int | None = None,
+        interests: list[int] | None = None,
+    ) -> None:
         """Set a user's last emission without emitting (rebuilding from the assignments topic).
 
-        ``previous_cluster`` is the record's ``previous_cluster`` (the cluster the user left).
+        ``previous_cluster`` is the record's ``previous_cluster`` (the cluster the user left);
+        ``interests`` the clusters of its interest set (``None`` for a record without one).
         """
         self._set(user_id, int(cluster), float(score), None if previous_cluster is None else int(previous_cluster))
+        if interests is not None:
+            self._announced[user_id] = tuple(sorted(int(c) for c in interests))
+
+    def announced_interests(self, user_id: str) -> tuple[int, ...] | None:
+        """The clusters of the interest set of the user's last record (``None`` if none was published)."""
+        return self._announced.get(user_id)
 
     def forget(self, user_id: str) -> bool:
         """Drop a user (the caller publishes the tombstone). Returns whether it was known."""
         self._pending.pop(user_id, None)
         self._left.pop(user_id, None)
+        self._announced.pop(user_id, None)
         previous = self._last.pop(user_id, None)
         if previous is None:
             return False
@@ -222,6 +272,8 @@ class AssignmentTracker:
             pending_wins=[n for _, n in self._pending.values()],
             left_users=list(self._left),
             left_clusters=list(self._left.values()),
+            interest_users=list(self._announced),
+            interest_sets=[list(v) for v in self._announced.values()],
         )
         return _MAGIC + bytes([_FORMAT_VERSION]) + msgspec.msgpack.encode(wire)
 
@@ -243,6 +295,7 @@ class AssignmentTracker:
         }
         tracker._last = {u: (c, s) for u, c, s in zip(wire.users, wire.clusters, wire.scores, strict=True)}
         tracker._left = dict(zip(wire.left_users, wire.left_clusters, strict=True))
+        tracker._announced = {u: tuple(c) for u, c in zip(wire.interest_users, wire.interest_sets, strict=True)}
         for cluster, users, cursor in wire.members:
             members = _Members()
             for user in users:
@@ -309,6 +362,9 @@ class AssignmentTracker:
         confirmations = self.confirmations
         return_margin, left = self.return_margin, self._left
 
+        mixes = self.interests
+        announced = self._announced
+        user_shares = mixes.shares_many(user_ids) if mixes is not None else None
         changes: list[AssignmentChange] = []
         for i in range(m):
             if not usable[i]:
@@ -317,41 +373,64 @@ class AssignmentTracker:
             row = sims[i]
             b = int(best[i])
             prev = self._last.get(user)
+            moves = True
             if prev is not None:
                 if prev[0] == b:
                     if pending:
                         pending.pop(user, None)
+                    moves = False
+                else:
+                    prev_sim = float(row[prev[0]]) if 0 <= prev[0] < k else -np.inf
+                    margin = margins[i]
+                    if return_margin and left.get(user) == b:
+                        margin += return_margin
+                    if float(row[b]) - prev_sim <= margin:
+                        if pending:
+                            pending.pop(user, None)
+                        moves = False
+                    elif confirmations > 1 and 0 <= prev[0] < k:
+                        challenger, wins = pending.get(user, (-1, 0))
+                        wins = wins + 1 if challenger == b else 1
+                        if wins < confirmations:
+                            pending[user] = (b, wins)
+                            moves = False
+            interest_list: list[InterestShare] = []
+            set_changed = False
+            if mixes is not None:
+                was = announced.get(user)
+                chosen = interest_set(user_shares[i], was, mixes.min_share, mixes.hysteresis)  # type: ignore[index]
+                now = tuple(sorted(c for c, _ in chosen))
+                set_changed = now != was and (was is not None or bool(now))  # no mix yet: nothing to announce
+                if not moves and not set_changed:
                     continue
-                prev_sim = float(row[prev[0]]) if 0 <= prev[0] < k else -np.inf
-                margin = margins[i]
-                if return_margin and left.get(user) == b:
-                    margin += return_margin
-                if float(row[b]) - prev_sim <= margin:
-                    if pending:
-                        pending.pop(user, None)
-                    continue
-                if confirmations > 1 and 0 <= prev[0] < k:
-                    challenger, wins = pending.get(user, (-1, 0))
-                    wins = wins + 1 if challenger == b else 1
-                    if wins < confirmations:
-                        pending[user] = (b, wins)
-                        continue
+                interest_list = [InterestShare(cluster=c, share=round(sh, _DIGITS)) for c, sh in chosen]
+                announced[user] = now
+                if set_changed and was is not None:
+                    self.interest_set_changes += 1
+            elif not moves:
+                continue
+            cluster = b if moves else prev[0]  # type: ignore[index]
             order = np.argpartition(-row, top_k - 1)[:top_k] if top_k < k else np.arange(k)
             order = order[np.argsort(-row[order], kind="stable")]
-            score = round(float(row[b]), _DIGITS)
+            score = round(float(row[cluster]), _DIGITS) if 0 <= cluster < k else 0.0
             changes.append(
                 AssignmentChange(
                     user_id=user,
-                    cluster=b,
+                    cluster=cluster,
                     previous_cluster=None if prev is None else prev[0],
                     score=score,
                     top=[ClusterScore(cluster=int(j), score=round(float(row[j]), _DIGITS)) for j in order],
                     model_version=int(model_version),
                     event_ts_ms=int(ev[i]),
                     emit_ts_ms=int(emit_ts_ms),
+                    interests=interest_list,
                 )
             )
-            self._set(user, b, score)
+            self.records_by_interests[len(interest_list)] += 1
+            if moves:
+                self._set(user, b, score)
+            else:
+                self._last[user] = (cluster, score)
         return changes
 
     def recheck_candidates(self, movement: np.ndarray, budget: int) -> list[str]:

@@ -4,7 +4,8 @@ Pure functions over decoded records (no Kafka here): ``consumers.topic_reader`` 
 compacted ``centroids`` and ``assignments`` topics, this module turns their contents into
 
 - :func:`build_view`: one row per cluster (users whose *latest* assignment is that cluster,
-  centroid weight, label terms, last change time) plus totals;
+  users holding it as a *secondary* interest, centroid weight, label terms, last change time)
+  plus totals and the distribution of interests per user;
 - :func:`sizes_over_time`: cluster sizes replayed from the assignment history, bucketed in time;
 - :func:`weights_over_time`: centroid weights from the snapshot history;
 - :func:`project_centroids` and :func:`place_users`: a 2-D map. Centroids are projected with PCA
@@ -31,6 +32,13 @@ Example:
 >>> view = build_view(snaps, history)
 >>> [(r.cluster, r.users) for r in view.rows], view.total_users
 ([(0, 0), (1, 1)], 1)
+>>> from stream.records import InterestShare
+>>> mixed = UserRecord("c", AssignmentChange(
+...     user_id="c", cluster=0, previous_cluster=None, score=0.8, top=[], model_version=1, event_ts_ms=50,
+...     emit_ts_ms=50, interests=[InterestShare(0, 0.7), InterestShare(1, 0.3)]), 50)
+>>> view = build_view(snaps, history + [mixed])
+>>> [(r.cluster, r.users, r.secondary_users) for r in view.rows], view.interests_per_user
+([(0, 1, 0), (1, 1, 1)], {0: 1, 2: 1})
 >>> sizes_over_time(history, buckets=2).sizes.tolist()
 [[2, 0], [0, 1]]
 >>> project_centroids(view.centroids).points.shape
@@ -75,12 +83,15 @@ class ClusterRow:
     label_terms: tuple[str, ...]
     model_version: int | None
     last_change_ms: int | None
+    #: Users whose interests include this cluster while their primary cluster is another one.
+    secondary_users: int = 0
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (times also as ISO 8601 UTC)."""
         return {
             "cluster": self.cluster,
             "users": self.users,
+            "secondary_users": self.secondary_users,
             "weight": self.weight,
             "label_terms": list(self.label_terms),
             "model_version": self.model_version,
@@ -99,10 +110,13 @@ class ClusterView:
     last_centroid_ms: int | None
     centroids: dict[int, CentroidSnapshot] = field(repr=False)
     assignments: dict[str, AssignmentChange] = field(repr=False)
+    #: How many users' latest record lists each number of interests (0: records without interests).
+    interests_per_user: dict[int, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        """A JSON-ready dict: ``clusters`` (the rows) and ``totals``."""
+        """A JSON-ready dict: ``clusters`` (the rows), ``totals`` and ``interests_per_user``."""
         return {
+            "interests_per_user": {str(n): users for n, users in sorted(self.interests_per_user.items())},
             "clusters": [row.to_dict() for row in self.rows],
             "totals": {
                 "clusters": len(self.rows),
@@ -156,8 +170,14 @@ def build_view(snapshots: Iterable[CentroidSnapshot], history: Iterable[UserReco
     assignments = latest_assignments(history)
 
     sizes: dict[int, int] = {}
+    secondary: dict[int, int] = {}
+    per_user: dict[int, int] = {}
     for change in assignments.values():
         sizes[change.cluster] = sizes.get(change.cluster, 0) + 1
+        per_user[len(change.interests)] = per_user.get(len(change.interests), 0) + 1
+        for interest in change.interests:
+            if interest.cluster != change.cluster:
+                secondary[interest.cluster] = secondary.get(interest.cluster, 0) + 1
 
     last_change: dict[int, int] = {}
 
@@ -179,7 +199,7 @@ def build_view(snapshots: Iterable[CentroidSnapshot], history: Iterable[UserReco
         previous[record.user_id] = record.change.cluster
 
     rows = []
-    for cluster in sorted(set(centroids) | set(sizes)):
+    for cluster in sorted(set(centroids) | set(sizes) | set(secondary)):
         snap = centroids.get(cluster)
         rows.append(
             ClusterRow(
@@ -189,6 +209,7 @@ def build_view(snapshots: Iterable[CentroidSnapshot], history: Iterable[UserReco
                 label_terms=tuple(snap.label_terms) if snap is not None else (),
                 model_version=snap.model_version if snap is not None else None,
                 last_change_ms=last_change.get(cluster),
+                secondary_users=secondary.get(cluster, 0),
             )
         )
     return ClusterView(
@@ -198,6 +219,7 @@ def build_view(snapshots: Iterable[CentroidSnapshot], history: Iterable[UserReco
         last_centroid_ms=max((s.emit_ts_ms for s in centroids.values()), default=None),
         centroids=centroids,
         assignments=assignments,
+        interests_per_user=dict(sorted(per_user.items())),
     )
 
 

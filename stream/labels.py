@@ -293,13 +293,14 @@ class ClusterLabeler:
             cache[name] = terms
         return terms
 
-    def apply(self, stats: LabelStatistics) -> None:
-        """Decay every count by one batch, then add ``stats``; keep the vocabulary bounded."""
+    def apply(self, stats: LabelStatistics, batches: int = 1) -> None:
+        """Decay every count by ``batches`` batches (those ``stats`` merges), then add ``stats``; keep the
+        vocabulary bounded."""
         if stats.n_clusters != self.n_clusters:
             raise ValueError(
                 f"statistics are for {stats.n_clusters} clusters, the labeler has {self.n_clusters}"
             )
-        self._counts *= 0.5 ** (1.0 / self.half_life)
+        self._counts *= 0.5 ** (batches / self.half_life)
         rows: list[int] = []
         cols: list[int] = []
         vals: list[float] = []

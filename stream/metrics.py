@@ -24,6 +24,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 2, 5,
 WORK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 #: Buckets (events) for micro-batch sizes.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+#: Buckets (interests) for the interests in a user's published record.
+INTEREST_BUCKETS = (0, 1, 2, 3, 4, 6, 8, 16)
 
 #: Every metric name the service exports, with its meaning (used by the README and the
 #: deployment tests, which check that dashboards and alert rules only use names that exist).
@@ -41,6 +43,8 @@ METRIC_HELP: dict[str, str] = {
     "interest_end_to_end_latency_seconds": "Publish time minus event time of applied events.",
     "interest_consumer_lag_messages": "High-water mark minus position, per topic partition.",
     "interest_assignment_changes_total": "Assignment-change records published.",
+    "interest_interests_per_user": "Interests (clusters holding at least min_interest_share of the user's decayed events) in each published assignment record.",
+    "interest_interest_set_changes_total": "Assignment records published because a user's interest set changed (a cluster entered or left it).",
     "interest_users_tracked": "Users with a profile held by this process.",
     "interest_cluster_size_users": "Users whose last published assignment is this cluster.",
     "interest_centroid_movement": "Cosine distance a centroid moved in the last model update, per cluster.",
@@ -54,6 +58,14 @@ METRIC_HELP: dict[str, str] = {
     "interest_restore_stray_records_total": "Restored records skipped: their partition does not own their key (the owner partition's record wins), by topic.",
     "interest_group_stuck_seconds": "How long this member has been outside the consumer group, or without partitions while some are unowned (0 when fine).",
     "interest_group_recoveries_total": "Recoveries from a stuck consumer-group membership, by action (rejoin, exit).",
+    "interest_trainer_role": "1 while this member is the group's trainer (owns the statistics partition), else 0.",
+    "interest_trainer_statistics_lag_records": "On the trainer: statistics records written but not yet applied.",
+    "interest_trainer_statistics_applied_total": "Statistics records this member applied as the trainer.",
+    "interest_trainer_takeovers_total": "Times this member took the trainer role (restored the model and continued).",
+    "interest_model_versions_published_total": "Model versions this member published as the trainer.",
+    "interest_model_staleness_seconds": "On the trainer: time from a worker building a statistics record to the commit of the model version that includes it.",
+    "interest_model_versions_behind": "Newest model version seen on the model topic minus the version this member assigns with.",
+    "interest_model_version_age_seconds": "Seconds since the newest model version this member has seen was published.",
 }
 
 
@@ -93,6 +105,12 @@ class ServiceMetrics:
             "interest_consumer_lag_messages", h["interest_consumer_lag_messages"], ["topic", "partition"], registry=r
         )
         self.changes = Counter("interest_assignment_changes", h["interest_assignment_changes_total"], registry=r)
+        self.interests_per_user = Histogram(
+            "interest_interests_per_user", h["interest_interests_per_user"], buckets=INTEREST_BUCKETS, registry=r
+        )
+        self.interest_set_changes = Counter(
+            "interest_interest_set_changes", h["interest_interest_set_changes_total"], registry=r
+        )
         self.users = Gauge("interest_users_tracked", h["interest_users_tracked"], registry=r)
         self.cluster_size = Gauge(
             "interest_cluster_size_users", h["interest_cluster_size_users"], ["cluster"], registry=r
@@ -120,6 +138,24 @@ class ServiceMetrics:
         self.group_recoveries = Counter(
             "interest_group_recoveries", h["interest_group_recoveries_total"], ["action"], registry=r
         )
+
+        self.trainer_role = Gauge("interest_trainer_role", h["interest_trainer_role"], registry=r)
+        self.trainer_lag = Gauge(
+            "interest_trainer_statistics_lag_records", h["interest_trainer_statistics_lag_records"], registry=r
+        )
+        self.trainer_applied = Counter(
+            "interest_trainer_statistics_applied", h["interest_trainer_statistics_applied_total"], registry=r
+        )
+        self.trainer_takeovers = Counter("interest_trainer_takeovers", h["interest_trainer_takeovers_total"], registry=r)
+        self.versions_published = Counter(
+            "interest_model_versions_published", h["interest_model_versions_published_total"], registry=r
+        )
+        self.model_staleness = Histogram(
+            "interest_model_staleness_seconds", h["interest_model_staleness_seconds"], buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.versions_behind = Gauge("interest_model_versions_behind", h["interest_model_versions_behind"], registry=r)
+        self.model_age = Gauge("interest_model_version_age_seconds", h["interest_model_version_age_seconds"], registry=r)
 
     def exposition(self) -> bytes:
         """The text exposition format of every metric (what ``/metrics`` serves)."""

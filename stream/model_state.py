@@ -183,7 +183,7 @@ def model_state_to_bytes(pipeline: Pipeline, *, writer: str = "", updates_offset
     return msgspec.msgpack.encode(wire)
 
 
-def restore_model_state(pipeline: Pipeline, data: bytes) -> RestoredModel:
+def restore_model_state(pipeline: Pipeline, data: bytes, *, dim: int | None = None) -> RestoredModel:
     """Load a model state into ``pipeline`` in place (its stages keep their references).
 
     The model, labels and trainer continue what the state learned, with the pipeline's
@@ -191,7 +191,9 @@ def restore_model_state(pipeline: Pipeline, data: bytes) -> RestoredModel:
     and from where, and the settings that differ from the state's. Raises
     :class:`ModelStateError`, leaving the pipeline untouched, when the bytes are not a model
     state or the state cannot continue under these settings (another ``n_clusters`` or
-    encoder dimension).
+    encoder dimension). ``pipeline`` may be anything with ``model``, ``labeler``, ``trainer`` and
+    ``event_clock_ms`` (a :class:`~stream.group_trainer.GroupTrainer`); ``dim`` defaults to its
+    profiles' dimension.
     """
     from stream.kmeans import MiniBatchKMeans
     from stream.labels import ClusterLabeler
@@ -213,9 +215,11 @@ def restore_model_state(pipeline: Pipeline, data: bytes) -> RestoredModel:
             f"the stored model has {model.n_clusters} clusters, the settings ask for {pipeline.model.n_clusters}: "
             f"{_MIGRATE}"
         )
-    if model.dim is not None and model.dim != pipeline.profiles.dim:
+    if dim is None:
+        dim = pipeline.profiles.dim
+    if model.dim is not None and model.dim != dim:
         raise ModelStateError(
-            f"the stored model has dim {model.dim}, the encoder has dim {pipeline.profiles.dim} (another embedding "
+            f"the stored model has dim {model.dim}, the encoder has dim {dim} (another embedding "
             f"model): {_MIGRATE}"
         )
     try:

@@ -43,11 +43,11 @@ import numpy as np
 from stream.assignments import AssignmentTracker
 from stream.catalog import ItemCatalog
 from stream.embedder import EmbeddingCache, Encoder, EventEmbedder
-from stream.kmeans import MiniBatchKMeans
-from stream.labels import ClusterLabeler
+from stream.interests import InterestMixes
 from stream.profiles import ProfileStore
 from stream.records import AssignmentChange, CentroidSnapshot
 from stream.settings import ClusteringSettings
+from stream.shared_model import ModelVersion
 from stream.trainer import TrainerOutput, TrainerStage
 from stream.worker import SourceRecord, WorkerOutput, WorkerStage
 
@@ -105,33 +105,29 @@ class Pipeline:
         self.catalog = catalog if catalog is not None else ItemCatalog()
         self.cache = EmbeddingCache(s.cache_size)
         self.embedder = EventEmbedder(encoder, self.cache, self.catalog)
-        self.profiles = ProfileStore(int(encoder.dim), s.half_life_s)
-        self.model = MiniBatchKMeans(
-            n_clusters=s.n_clusters,
-            half_life=s.kmeans_half_life,
-            time_unit=s.kmeans_time_unit,
-            seed=s.seed,
-            refine_every=s.refine_every,
-            refine_restarts=s.refine_restarts,
-            refine_iterations=s.refine_iterations,
-            refine_min_gain=s.refine_min_gain,
-            refine_backoff=s.refine_backoff,
-            warmup=s.warmup_batches,
+        #: The users' interest mixes (``None`` when ``max_interests`` is 0); kept with the profiles.
+        self.interests = (
+            InterestMixes(s.half_life_s, s.max_interests, s.min_interest_share, s.interest_hysteresis)
+            if s.max_interests > 0
+            else None
         )
+        self.profiles = ProfileStore(int(encoder.dim), s.half_life_s, interests=self.interests)
+        self.trainer = TrainerStage.for_settings(s)
+        self.model = self.trainer.model
+        self.labeler = self.trainer.labeler
         self.tracker = AssignmentTracker(
             hysteresis=s.hysteresis,
             top_k=s.top_k,
             maturity_margin=s.maturity_margin,
             confirmations=s.confirmations,
             return_margin=s.return_margin,
-        )
-        self.labeler = ClusterLabeler(
-            s.n_clusters, half_life=s.label_half_life, max_vocab=s.label_max_vocab, top_n=s.label_top_n
+            interests=self.interests,
         )
         self.worker = WorkerStage(s, self.embedder, self.profiles, self.tracker, labeler=self.labeler)
-        self.trainer = TrainerStage(
-            self.model, self.labeler, snapshot_every=s.snapshot_every, snapshot_min_movement=s.snapshot_min_movement
-        )
+        #: Movement of the centroids adopted from shared model versions since the last batch.
+        self._adopted_movement: np.ndarray | None = None
+        #: Label terms of the adopted shared model version (a worker's own labeler only summarises).
+        self.label_terms: dict[int, list[str]] = {}
         #: The largest event time applied so far (epoch ms; 0 before any event).
         self.event_clock_ms = 0
 
@@ -170,21 +166,62 @@ class Pipeline:
         )
         return out
 
-    def process_batch(self, records: Sequence[SourceRecord], now_ms: int | None = None) -> BatchResult:
+    def process_batch(
+        self, records: Sequence[SourceRecord], now_ms: int | None = None, *, train: bool = True
+    ) -> BatchResult:
         """One micro-batch: prepare (worker) -> apply (trainer) -> finish (worker).
 
         ``now_ms`` is the emission time written into the records; ``None`` uses the event
         clock (:attr:`event_clock_ms`, the largest event time applied so far), which makes
         offline replays reproducible.
+
+        With ``train=False`` (a member of a group sharing one model) the trainer step is
+        skipped: the result's ``stats``/``label_stats`` are for the group's trainer, the users
+        are assessed with the model version adopted last (:meth:`adopt`), and the users of
+        clusters that moved since the previous batch are re-checked.
         """
         prepared = self.worker.prepare(records, self.model)
         if prepared.applied_ts_ms.shape[0]:
             self.event_clock_ms = max(self.event_clock_ms, int(prepared.applied_ts_ms.max()))
         if now_ms is None:
             now_ms = self.event_clock_ms
-        trained = self.trainer.apply(prepared.stats, prepared.label_stats, now_ms)
-        out = self.worker.finish(prepared, self.model, now_ms, movement=trained.movement)
+        if train:
+            trained = self.trainer.apply(prepared.stats, prepared.label_stats, now_ms)
+            if trained.reseeded and self.interests is not None:
+                self.interests.on_model_change(trained.reseeded)
+            movement = trained.movement
+        else:
+            movement, self._adopted_movement = self._adopted_movement, None
+            trained = TrainerOutput(version=self.model.version, movement=movement,
+                                    initialised=self.model.is_initialised)
+        out = self.worker.finish(prepared, self.model, now_ms, movement=movement)
         return BatchResult(out, trained, stats=prepared.stats, label_stats=prepared.label_stats)
+
+    def adopt(self, version: ModelVersion) -> bool:
+        """Assign and summarise with a shared model version from now on; False if it is not newer.
+
+        "Newer" is a higher version, or the same version with more statistics applied (the
+        warm-up count can pass its mark without the centroids changing). The centroids'
+        movement is remembered for the next batch's re-check of moved clusters, and the
+        clusters reseeded since the version held before (every version skipped included) are
+        dropped from the users' interest mixes.
+        """
+        model = self.model
+        if (version.version, version.n_applied) <= (model.version, model.n_applied) and model.is_initialised:
+            return False
+        held_version = model.version if model.is_initialised else 0
+        moved = model.follow(version.centroid_matrix(), version.count_vector(), version.version,
+                             version.n_applied, version.reservoir_id_vector())
+        reseeded = version.reseeded_since(held_version)
+        if reseeded and held_version and self.interests is not None:
+            # Those ids now name other interests: the weights the mixes hold for them are dropped.
+            self.interests.on_model_change(reseeded, n_clusters=model.n_clusters)
+        if moved is not None:
+            held = self._adopted_movement
+            self._adopted_movement = moved if held is None else np.maximum(held, moved)
+        self.label_terms = {int(c): list(t) for c, t in version.label_terms.items()}
+        self.event_clock_ms = max(self.event_clock_ms, int(version.event_clock_ms))
+        return True
 
     def reassess(self, user_ids: Sequence[str], now_ms: int) -> list[AssignmentChange]:
         """Re-assess these users against the current model (an idle sweep); returns the changes.

@@ -35,6 +35,17 @@ Example:
 [0.447, 0.894]
 >>> profile_from_bytes(profile_to_bytes(vector, ref_ms, mass))[1:]
 (60000, 1.5)
+
+A store can carry a companion :class:`~stream.interests.InterestMixes` (``interests=``): it is
+part of the user's state, so :meth:`ProfileStore.forget` forgets it too and
+:meth:`ProfileStore.record_bytes` writes both into one changelog record (codec version 2;
+version 1 records, written before interest mixes existed, still decode, with no mix):
+
+>>> record = profile_record_from_bytes(profile_to_bytes(vector, ref_ms, mass, interests=b"ISIM..."))
+>>> record.ref_ms, record.interests
+(60000, b'ISIM...')
+>>> profile_record_from_bytes(profile_to_bytes(vector, ref_ms, mass)).interests is None
+True
 """
 
 from __future__ import annotations
@@ -43,33 +54,51 @@ import struct
 import sys
 from collections.abc import Iterator, Sequence
 from itertools import repeat
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-__all__ = ["ProfileStore", "profile_from_bytes", "profile_to_bytes"]
+if TYPE_CHECKING:
+    from stream.interests import InterestMixes
+
+__all__ = ["ProfileRecord", "ProfileStore", "profile_from_bytes", "profile_record_from_bytes", "profile_to_bytes"]
 
 _MAGIC = b"ISPF"
-_CODEC_VERSION = 1
+_CODEC_VERSION = 2  # 2: an optional interest-mix trailer; version 1 records still decode
 _DTYPE_FLOAT32 = 1
 # magic, version, dtype code, dim, ref_ms, mass
 _HEADER = struct.Struct("<4sBBIqd")
+_TRAILER = struct.Struct("<I")
 
 
-def profile_to_bytes(vector_sum: np.ndarray, ref_ms: int, mass: float) -> bytes:
-    """Encode one profile as a small versioned binary record (no pickle).
+class ProfileRecord(NamedTuple):
+    """One decoded profiles-changelog record; ``interests`` is the mix blob (``None`` if absent)."""
+
+    vector_sum: np.ndarray
+    ref_ms: int
+    mass: float
+    interests: bytes | None
+
+
+def profile_to_bytes(vector_sum: np.ndarray, ref_ms: int, mass: float, interests: bytes | None = None) -> bytes:
+    """Encode one profile (and the user's interest mix, if any) as a small versioned binary record (no pickle).
 
     Layout (little endian): ``b"ISPF"``, codec version (u8), dtype code (u8, 1 =
-    float32), dim (u32), ``ref_ms`` (i64), ``mass`` (f64), then ``dim`` float32s.
+    float32), dim (u32), ``ref_ms`` (i64), ``mass`` (f64), then ``dim`` float32s. Without
+    ``interests`` this is exactly codec version 1; with it the version is 2 and a trailer
+    follows: its length (u32) and the bytes of
+    :meth:`stream.interests.InterestMixes.to_bytes`.
     """
     vec = np.ascontiguousarray(vector_sum, dtype="<f4").reshape(-1)
-    return (
-        _HEADER.pack(_MAGIC, _CODEC_VERSION, _DTYPE_FLOAT32, vec.shape[0], int(ref_ms), float(mass))
-        + vec.tobytes()
-    )
+    version = 1 if interests is None else _CODEC_VERSION
+    out = _HEADER.pack(_MAGIC, version, _DTYPE_FLOAT32, vec.shape[0], int(ref_ms), float(mass)) + vec.tobytes()
+    if interests is not None:
+        out += _TRAILER.pack(len(interests)) + interests
+    return out
 
 
-def profile_from_bytes(data: bytes) -> tuple[np.ndarray, int, float]:
-    """Decode :func:`profile_to_bytes` output into ``(vector_sum, ref_ms, mass)``.
+def profile_record_from_bytes(data: bytes) -> ProfileRecord:
+    """Decode :func:`profile_to_bytes` output (codec version 1 or 2) into a :class:`ProfileRecord`.
 
     Raises ``ValueError`` on a wrong magic, an unknown version or dtype, or a bad length.
     """
@@ -78,15 +107,28 @@ def profile_from_bytes(data: bytes) -> tuple[np.ndarray, int, float]:
     magic, version, dtype_code, dim, ref_ms, mass = _HEADER.unpack_from(data)
     if magic != _MAGIC:
         raise ValueError(f"not a profile record (magic {magic!r})")
-    if version != _CODEC_VERSION:
+    if version not in (1, _CODEC_VERSION):
         raise ValueError(f"unsupported profile codec version {version}")
     if dtype_code != _DTYPE_FLOAT32:
         raise ValueError(f"unsupported profile dtype code {dtype_code}")
     expected = _HEADER.size + 4 * dim
+    interests = None
+    if version >= 2:
+        if len(data) < expected + _TRAILER.size:
+            raise ValueError(f"profile record has {len(data)} bytes, too short for dim={dim} and its trailer")
+        (size,) = _TRAILER.unpack_from(data, expected)
+        interests = bytes(data[expected + _TRAILER.size : expected + _TRAILER.size + size])
+        expected += _TRAILER.size + size
     if len(data) != expected:
         raise ValueError(f"profile record has {len(data)} bytes, expected {expected} for dim={dim}")
     vec = np.frombuffer(data, dtype="<f4", count=dim, offset=_HEADER.size).astype(np.float32)
-    return vec, int(ref_ms), float(mass)
+    return ProfileRecord(vec, int(ref_ms), float(mass), interests)
+
+
+def profile_from_bytes(data: bytes) -> tuple[np.ndarray, int, float]:
+    """Decode :func:`profile_to_bytes` output into ``(vector_sum, ref_ms, mass)`` (any interest mix is ignored)."""
+    record = profile_record_from_bytes(data)
+    return record.vector_sum, record.ref_ms, record.mass
 
 
 class ProfileStore:
@@ -100,9 +142,14 @@ class ProfileStore:
         Half-life of an event's weight, in seconds (event times are epoch milliseconds).
     initial_capacity
         Number of rows allocated up front; the matrix doubles whenever it is full.
+    interests
+        The users' interest mixes, kept with the profiles: forgotten with them and written
+        with them into the changelog record (:meth:`record_bytes`). ``None``: no mixes.
     """
 
-    def __init__(self, dim: int, half_life_s: float, initial_capacity: int = 1024) -> None:
+    def __init__(
+        self, dim: int, half_life_s: float, initial_capacity: int = 1024, interests: InterestMixes | None = None
+    ) -> None:
         if dim <= 0:
             raise ValueError("dim must be positive")
         if not half_life_s > 0:
@@ -118,6 +165,7 @@ class ProfileStore:
         self._slot_user: list[str | None] = [None] * cap
         self._free: list[int] = []
         self._next = 0  # first never-used slot
+        self.interests = interests
 
     # ------------------------------------------------------------------ size & lookup
     @property
@@ -182,6 +230,8 @@ class ProfileStore:
 
     def forget(self, user_id: str) -> bool:
         """Delete a user's profile; its slot is reused later. Returns whether the user existed."""
+        if self.interests is not None:
+            self.interests.forget(user_id)
         slot = self._index.pop(user_id, None)
         if slot is None:
             return False
@@ -304,6 +354,23 @@ class ProfileStore:
         """``(vector_sum, ref_ms, mass)`` of a user (copies). ``KeyError`` if unknown."""
         slot = self._index[user_id]
         return self._vec[slot].copy(), int(self._ref[slot]), float(self._mass[slot])
+
+    def mix_bytes(self, user_id: str) -> bytes | None:
+        """The user's interest mix as bytes for the changelog record (``None`` without one)."""
+        return self.interests.to_bytes(user_id) if self.interests is not None else None
+
+    def record_bytes(self, user_id: str) -> bytes:
+        """The user's changelog record: the profile and, with a companion store, the interest mix."""
+        return profile_to_bytes(*self.raw(user_id), interests=self.mix_bytes(user_id))
+
+    def put_record(self, user_id: str, record: ProfileRecord) -> int:
+        """Restore a user from a decoded changelog record (profile, and the mix when both have one)."""
+        slot = self.put_raw(user_id, record.vector_sum, record.ref_ms, record.mass)
+        if self.interests is not None:
+            self.interests.forget(user_id)
+            if record.interests is not None:
+                self.interests.put_bytes(user_id, record.interests)
+        return slot
 
     def put_raw(self, user_id: str, vector_sum: np.ndarray, ref_ms: int, mass: float) -> int:
         """Set a user's profile as is (the restore path from a changelog); returns the slot."""

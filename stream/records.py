@@ -11,9 +11,16 @@ Example:
 ...     top=[ClusterScore(cluster=3, score=0.81), ClusterScore(cluster=0, score=0.42)],
 ...     model_version=7, event_ts_ms=1_700_000_000_000, emit_ts_ms=1_700_000_000_050)
 >>> encode_record(change)[:35]
-b'{"schema_version":1,"user_id":"u1",'
+b'{"schema_version":2,"user_id":"u1",'
 >>> decode_change(encode_record(change)) == change
 True
+
+Assignment changes are at schema version 2: they gained ``interests`` (the user's interest
+set with shares, largest first). A version 1 record (no ``interests``) still decodes:
+
+>>> decode_change(b'{"schema_version":1,"user_id":"u1","cluster":3,"previous_cluster":null,"score":0.8,'
+...               b'"top":[],"model_version":7,"event_ts_ms":1,"emit_ts_ms":2}').interests
+[]
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from __future__ import annotations
 import msgspec
 
 SCHEMA_VERSION = 1
+#: Version of the assignment-change format: 2 added ``interests`` (an additive field).
+ASSIGNMENT_SCHEMA_VERSION = 2
 
 
 class ClusterScore(msgspec.Struct, frozen=True):
@@ -30,14 +39,24 @@ class ClusterScore(msgspec.Struct, frozen=True):
     score: float
 
 
+class InterestShare(msgspec.Struct, frozen=True):
+    """One of a user's interests: a cluster and its share of the user's decayed event weight."""
+
+    cluster: int
+    share: float
+
+
 class AssignmentChange(msgspec.Struct, frozen=True, kw_only=True):
-    """A user's best cluster changed (or was set for the first time).
+    """A user's best cluster or interest set changed (or was set for the first time).
 
     Published on the compacted assignments topic, key = ``user_id``. A user who is
-    forgotten gets a tombstone (a record with a null value) instead.
+    forgotten gets a tombstone (a record with a null value) instead. ``cluster`` is the
+    profile's best cluster; ``interests`` the clusters holding at least
+    ``min_interest_share`` of the user's events, largest share first. A record whose
+    ``previous_cluster`` equals ``cluster`` announces a change of the interest set only.
     """
 
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = ASSIGNMENT_SCHEMA_VERSION
     user_id: str
     cluster: int
     previous_cluster: int | None
@@ -46,6 +65,7 @@ class AssignmentChange(msgspec.Struct, frozen=True, kw_only=True):
     model_version: int
     event_ts_ms: int
     emit_ts_ms: int
+    interests: list[InterestShare] = []
 
 
 class CentroidSnapshot(msgspec.Struct, frozen=True, kw_only=True):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = ["ClusteringSettings", "DEFAULT_TYPE_WEIGHTS"]
 
@@ -117,6 +117,29 @@ class ClusteringSettings(BaseModel):
         "(damps users flapping between two clusters; a real interest change is not held back).",
     )
     top_k: int = Field(3, ge=1, description="Clusters listed (with scores) in each assignment-change record.")
+
+    # --- interest mixes -----------------------------------------------------------------
+    max_interests: int = Field(
+        4,
+        ge=0,
+        le=255,
+        description="Clusters kept in each user's interest mix (decayed weight per cluster of the user's events); "
+        "0 turns interest mixes off (records then carry an empty `interests`).",
+    )
+    min_interest_share: float = Field(
+        0.08,
+        gt=0,
+        le=1,
+        description="A cluster is one of a user's interests when its share of the user's decayed event weight "
+        "is at least this (the largest cluster always is).",
+    )
+    interest_hysteresis: float = Field(
+        0.02,
+        ge=0,
+        lt=1,
+        description="Share hysteresis of the interest set: a cluster enters at min_interest_share + this and "
+        "leaves below min_interest_share - this, so small wiggles publish nothing.",
+    )
     recheck_budget: int = Field(
         256,
         ge=0,
@@ -165,6 +188,12 @@ class ClusteringSettings(BaseModel):
     snapshot_min_movement: float = Field(
         0.01, ge=0, description="Publish snapshots early when a centroid moved at least this cosine distance."
     )
+
+    @model_validator(mode="after")
+    def _hysteresis_below_share(self) -> ClusteringSettings:
+        if self.interest_hysteresis >= self.min_interest_share:
+            raise ValueError("interest_hysteresis must be smaller than min_interest_share")
+        return self
 
     @field_validator("type_weights")
     @classmethod

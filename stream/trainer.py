@@ -96,18 +96,44 @@ class TrainerStage:
         self._since_snapshot = 0
         self._published: np.ndarray | None = None  # centroids of the last snapshot
 
-    def apply(self, stats: BatchStatistics | None, label_stats: Any | None, now_ms: int) -> TrainerOutput:
-        """Fold one batch's statistics into the model and labels; maybe publish snapshots."""
+    @classmethod
+    def for_settings(cls, settings: Any) -> TrainerStage:
+        """A trainer with a new model and labeler built from :class:`~stream.settings.ClusteringSettings`."""
+        from stream.labels import ClusterLabeler
+
+        s = settings
+        model = MiniBatchKMeans(
+            n_clusters=s.n_clusters,
+            half_life=s.kmeans_half_life,
+            time_unit=s.kmeans_time_unit,
+            seed=s.seed,
+            refine_every=s.refine_every,
+            refine_restarts=s.refine_restarts,
+            refine_iterations=s.refine_iterations,
+            refine_min_gain=s.refine_min_gain,
+            refine_backoff=s.refine_backoff,
+            warmup=s.warmup_batches,
+        )
+        labeler = ClusterLabeler(
+            s.n_clusters, half_life=s.label_half_life, max_vocab=s.label_max_vocab, top_n=s.label_top_n
+        )
+        return cls(model, labeler, snapshot_every=s.snapshot_every, snapshot_min_movement=s.snapshot_min_movement)
+
+    def apply(
+        self, stats: BatchStatistics | None, label_stats: Any | None, now_ms: int, batches: int = 1
+    ) -> TrainerOutput:
+        """Fold one batch's statistics (or ``batches`` batches' merged ones) into the model and labels;
+        maybe publish snapshots."""
         model = self.model
         if stats is None:
             return TrainerOutput(version=model.version, movement=None, initialised=model.is_initialised)
         was_initialised = model.is_initialised
-        result = model.apply(stats)
+        result = model.apply(stats, batches)
         if self.labeler is not None:
             if result.reseeded:
                 self.labeler.reset(result.reseeded)
             if label_stats is not None:
-                self.labeler.apply(label_stats)
+                self.labeler.apply(label_stats, batches)
         self.updates += 1
         snapshots: list[CentroidSnapshot] = []
         if result.initialised:

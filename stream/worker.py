@@ -4,14 +4,20 @@ The worker owns users. For each micro-batch of input records it
 
 1. :meth:`WorkerStage.prepare` — decodes every record (bad ones become dead letters),
    applies forget events, embeds the behaviour events (cache + catalog), folds them
-   into the users' decayed profiles, and summarises the touched users' profile
+   into the users' decayed profiles (and, when the profile store has an
+   :class:`~stream.interests.InterestMixes` companion, each event's nearest centroid into
+   the user's interest mix), and summarises the touched users' profile
    directions against the *current* centroids as additive
    :class:`~stream.kmeans.BatchStatistics` (plus label statistics: each event's text
    under the nearest centroid of its embedding);
 2. (the trainer applies those statistics to the model — :mod:`stream.trainer`);
 3. :meth:`WorkerStage.finish` — assesses the touched users against the *updated*
    centroids, re-assesses a bounded number of untouched users whose cluster moved,
-   and returns the assignment changes, tombstones and dead letters to publish.
+   and returns the assignment changes, tombstones and dead letters to publish (the tracker
+   reads the interest mixes from the same store).
+
+Events applied before the model has centroids cannot be scored yet: they wait (at most
+``MAX_UNSCORED`` of them) and are folded into the mixes, exactly, once it has.
 
 Forget semantics, in record order inside a batch: a user's events *before* their
 forget event are dropped with it; events *after* it start a fresh profile. A user
@@ -66,7 +72,12 @@ from stream.profiles import ProfileStore
 from stream.records import AssignmentChange
 from stream.settings import ClusteringSettings
 
-__all__ = ["PreparedBatch", "SourceRecord", "WorkerCounters", "WorkerOutput", "WorkerStage"]
+__all__ = ["MAX_UNSCORED", "PreparedBatch", "SourceRecord", "WorkerCounters", "WorkerOutput", "WorkerStage"]
+
+#: Most applied events kept waiting for the model's first centroids to score them into the mixes.
+MAX_UNSCORED = 100_000
+#: Most users per batch whose changelog record is written again because a model change altered their mix.
+MIX_REWRITE_BUDGET = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +162,8 @@ class WorkerOutput:
     """What one batch produced on the users' side (see the module docstring for forgets).
 
     ``updated_users`` are the users whose profile this batch changed (applied events only;
-    a forgotten user is in ``tombstones`` instead): exactly the users whose state must be
-    written back.
+    a forgotten user is in ``tombstones`` instead), plus (at most ``MIX_REWRITE_BUDGET``) users
+    whose interest mix a model change altered: exactly the users whose state must be written back.
     """
 
     changes: list[AssignmentChange]
@@ -188,6 +199,9 @@ class WorkerStage:
         self._default_weight = float(settings.default_type_weight)
         # Users touched while the model was not initialised yet: assessed once it is.
         self._pending: dict[str, None] = {}
+        # Applied events waiting for centroids to be scored into the interest mixes:
+        # (user ids, ts_ms, vectors, weights) per batch.
+        self._unscored: list[tuple[list[str], np.ndarray, np.ndarray, np.ndarray]] = []
 
     # ------------------------------------------------------------------ prepare
     def prepare(self, records: Sequence[SourceRecord], model: MiniBatchKMeans) -> PreparedBatch:
@@ -223,6 +237,8 @@ class WorkerStage:
             for user in last_forget:
                 self.profiles.forget(user)
                 self._pending.pop(user, None)
+            if self._unscored:
+                self._drop_unscored(last_forget)
 
         # Embed.
         cache = self.embedder.cache
@@ -258,15 +274,25 @@ class WorkerStage:
             event_ts = np.zeros(0, dtype=np.int64)
             directions = np.zeros((0, dim), dtype=np.float32)
 
+        # Each event's nearest centroid: the interest mixes and the labels use it.
+        mixes = self.profiles.interests
+        event_clusters = None
+        if n_ok and model.is_initialised and (mixes is not None or self.labeler is not None):
+            event_clusters = model.predict_many(emb.vectors)
+        if mixes is not None and n_ok:
+            if event_clusters is not None:
+                mixes.fold_many(user_of_event, ts, event_clusters, weights)
+            else:
+                self._keep_unscored(user_of_event, ts, emb.vectors, weights)
+
         # Summarise for the trainer (against the current centroids).
         stats = None
         label_stats = None
         if user_ids:
             sims = model.similarities(directions) if model.is_initialised else None
             stats = model.summarise(directions, similarities=sims, point_ids=point_ids(user_ids))
-            if self.labeler is not None and model.is_initialised:
-                clusters = model.predict_many(emb.vectors)
-                label_stats = self.labeler.summarise(clusters, emb.texts, emb.keys)
+            if self.labeler is not None and event_clusters is not None:
+                label_stats = self.labeler.summarise(event_clusters, emb.texts, emb.keys)
 
         forgotten = [u for u in last_forget if u not in self.profiles]
         reset = [u for u in last_forget if u in self.profiles]
@@ -319,6 +345,8 @@ class WorkerStage:
             tracker.forget(user)
         for user in prepared.reset:
             tracker.forget(user)
+        if self._unscored and model.is_initialised:
+            self._score_unscored(model)
 
         changes: list[AssignmentChange] = []
         n_rechecked = 0
@@ -348,10 +376,19 @@ class WorkerStage:
 
         self.counters.changes += len(changes)
         self.counters.rechecked += n_rechecked
+        updated = list(prepared.user_ids)
+        mixes = self.profiles.interests
+        if mixes is not None:
+            # A model change dropped entries of these users' mixes: their changelog record must follow.
+            for user in prepared.user_ids:
+                mixes.record_written(user)
+            touched = set(updated)
+            updated += [u for u in mixes.take_stale_records(MIX_REWRITE_BUDGET)
+                        if u not in touched and u in self.profiles]
         return WorkerOutput(
             changes=changes,
             tombstones=list(prepared.forgotten),
-            updated_users=list(prepared.user_ids),
+            updated_users=updated,
             dead_letters=prepared.dead_letters,
             n_events=prepared.n_records,
             n_applied=int(prepared.applied_ts_ms.shape[0]),
@@ -360,6 +397,33 @@ class WorkerStage:
             embed_seconds=prepared.embed_seconds,
             applied_ts_ms=prepared.applied_ts_ms,
         )
+
+    # ------------------------------------------------------------------ interest mixes
+    def _keep_unscored(self, users: list[str], ts: np.ndarray, vectors: np.ndarray, weights: np.ndarray) -> None:
+        """Keep events the model cannot score yet (the oldest go beyond ``MAX_UNSCORED``)."""
+        self._unscored.append((list(users), ts.copy(), np.asarray(vectors, dtype=np.float32).copy(), weights.copy()))
+        while sum(len(chunk[0]) for chunk in self._unscored) > MAX_UNSCORED and len(self._unscored) > 1:
+            self._unscored.pop(0)
+
+    def _drop_unscored(self, users: dict[str, int] | set[str]) -> None:
+        """Forget the waiting events of ``users``."""
+        kept = []
+        for names, ts, vecs, w in self._unscored:
+            keep = [j for j, u in enumerate(names) if u not in users]
+            if keep:
+                kept.append(([names[j] for j in keep], ts[keep], vecs[keep], w[keep]))
+        self._unscored = kept
+
+    def _score_unscored(self, model: MiniBatchKMeans) -> None:
+        """Fold the waiting events into the mixes, scored against the model's first centroids."""
+        mixes = self.profiles.interests
+        chunks, self._unscored = self._unscored, []
+        if mixes is None:
+            return
+        for names, ts, vecs, w in chunks:
+            keep = [j for j, u in enumerate(names) if u in self.profiles]
+            if keep:
+                mixes.fold_many([names[j] for j in keep], ts[keep], model.predict_many(vecs[keep]), w[keep])
 
     def _recheck(
         self, model: MiniBatchKMeans, movement: np.ndarray, exclude: set[str], now_ms: int

@@ -77,8 +77,12 @@ class Topics:
         return f"{self.group}-profiles-changelog"
 
     @property
-    def model_changelog(self) -> str:
-        return f"{self.group}-model-changelog"
+    def model(self) -> str:
+        return f"{self.group}-model"
+
+    @property
+    def statistics(self) -> str:
+        return f"{self.group}-statistics"
 
     def args(self) -> list[str]:
         return ["--events-topic", self.events, "--assignments-topic", self.assignments,
@@ -90,13 +94,13 @@ class ServiceProcess:
     """``interest-stream run`` as a child process with its own metrics port and log file."""
 
     def __init__(self, bootstrap: str, topics: Topics, workdir: Path, *extra: str, name: str = "service",
-                 instance_id: str = "member-1") -> None:
+                 instance_id: str = "member-1", env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.log_path = workdir / f"{name}-{self.port}.log"
         cmd = [*CLI, "run", "--bootstrap-servers", bootstrap, *topics.args(),
                "--metrics-host", "127.0.0.1", "--metrics-port", str(self.port),
                "--instance-id", instance_id, *extra]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 

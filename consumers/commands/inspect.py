@@ -1,8 +1,9 @@
 """``interest-stream inspect``: the clusters as the output topics show them now.
 
 Reads the compacted centroids and assignments topics to their current ends (read_committed,
-no consumer group, nothing committed) and prints one row per cluster: users, weight, label
-terms, last change; plus totals. ``--json`` prints the same as JSON, ``--plot map.png``
+no consumer group, nothing committed) and prints one row per cluster: users (primary),
+users holding it as a secondary interest, weight, label terms, last change; plus totals and
+the distribution of interests per user. ``--json`` prints the same as JSON, ``--plot map.png``
 draws the 2-D cluster map.
 
 Example::
@@ -38,7 +39,7 @@ def inspect(
         help="Extra kafka-python consumer setting key=value (repeatable), e.g. security.protocol=SSL.",
     ),
 ) -> None:
-    """Show the clusters: users, weight, label terms and last change per cluster (reads the output topics)."""
+    """Show the clusters: users (primary and secondary interest), weight, label terms and last change per cluster."""
     from rich.console import Console
     from rich.table import Table
 
@@ -68,6 +69,7 @@ def inspect(
     table.add_column("cluster", justify="right")
     table.add_column("users", justify="right")
     table.add_column("share", justify="right")
+    table.add_column("secondary", justify="right")
     table.add_column("weight", justify="right")
     table.add_column("label terms")
     table.add_column("last change (UTC)")
@@ -77,6 +79,7 @@ def inspect(
             str(row.cluster),
             f"{row.users:,}",
             share,
+            f"{row.secondary_users:,}",
             f"{row.weight:,.1f}" if row.weight is not None else "-",
             ", ".join(row.label_terms[:5]) or "[dim](no centroid yet)[/]",
             iso_time(row.last_change_ms) or "-",
@@ -88,3 +91,6 @@ def inspect(
         f"model version: [bold]{view.model_version if view.model_version is not None else '-'}[/]   "
         f"last centroid: [bold]{iso_time(view.last_centroid_ms) or 'never'}[/]"
     )
+    if view.interests_per_user:
+        spread = "   ".join(f"{n}: [bold]{users:,}[/]" for n, users in view.interests_per_user.items())
+        out.print(f"users by number of interests — {spread}")

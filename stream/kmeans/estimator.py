@@ -349,8 +349,13 @@ class MiniBatchKMeans(base.Clusterer):
         stats.sums, stats.weights = cluster_sums(arr, w, labels, self.n_clusters)
         return stats
 
-    def apply(self, stats: BatchStatistics) -> ApplyResult:
-        """Fold (merged) statistics into the centroids with forgetting, then reseed starved clusters."""
+    def apply(self, stats: BatchStatistics, batches: int = 1) -> ApplyResult:
+        """Fold (merged) statistics into the centroids with forgetting, then reseed starved clusters.
+
+        ``batches``: how many batches ``stats`` merges (a trainer folding several workers'
+        batches at once); with ``time_unit="batches"`` the model forgets as much as that many
+        batches would have made it forget, and the warm-up counts them all.
+        """
         k = self.n_clusters
         if stats.n_clusters != k:
             raise ValueError(f"statistics are for {stats.n_clusters} clusters, the model has {k}")
@@ -358,12 +363,14 @@ class MiniBatchKMeans(base.Clusterer):
             self._dim = stats.dim
         elif stats.dim != self._dim:
             raise ValueError(f"statistics have dim {stats.dim}, the model has {self._dim}")
-        self._n_applied += 1
+        if batches < 1:
+            raise ValueError("batches must be >= 1")
+        self._n_applied += int(batches)
 
         if not self.is_initialised:
             return self._buffer_and_maybe_init(stats)
 
-        a = self._decay if self.time_unit == "batches" else self._decay**stats.n_points
+        a = self._decay**batches if self.time_unit == "batches" else self._decay**stats.n_points
         assert self._centroids is not None
         old = self._centroids.copy()
         self._sample(stats, a)
@@ -482,6 +489,49 @@ class MiniBatchKMeans(base.Clusterer):
         self._c32 = self._centroids.astype(np.float32)
         self.n_refines_adopted += 1
         return True, replaced
+
+    # ------------------------------------------------------------------ following a shared model
+    def follow(
+        self, centroids: np.ndarray, counts: np.ndarray, version: int, n_applied: int, reservoir_ids: np.ndarray
+    ) -> np.ndarray | None:
+        """Become a copy of another model's centroids, for assigning and summarising only.
+
+        A worker of a consumer group assigns users with the model a single trainer publishes
+        (:mod:`stream.shared_model`): ``centroids`` (float32, what :meth:`similarities` uses),
+        decayed ``counts``, ``version``, the trainer's ``n_applied`` (warm-up) and the point ids
+        its reservoir holds (so :meth:`summarise` knows which rows are refreshes). The worker's
+        own sampling generator is kept: each worker draws its own reservoir keys. Returns the
+        per-cluster movement from the centroids held before (``None`` if there were none).
+        """
+        c32 = np.ascontiguousarray(centroids, dtype=np.float32)
+        if c32.shape[0] != self.n_clusters:
+            raise ValueError(f"a model of {c32.shape[0]} clusters cannot be followed by one of {self.n_clusters}")
+        old = self._centroids
+        self._dim = int(c32.shape[1])
+        self._centroids = c32.astype(np.float64)
+        self._c32 = c32
+        self._counts = np.array(counts, dtype=np.float64)
+        self._buffer = None
+        self._n_applied = int(n_applied)
+        self.version = int(version)
+        reservoir = Reservoir()
+        reservoir.ids = np.array(reservoir_ids, dtype=np.uint64)
+        reservoir.keys = np.zeros(reservoir.ids.shape[0], dtype=np.float64)
+        reservoir.age = np.zeros(reservoir.ids.shape[0], dtype=np.float64)
+        self._reservoir = reservoir
+        if old is None or old.shape != self._centroids.shape:
+            return None
+        return self._movement(old, self._centroids)
+
+    @property
+    def reservoir_ids(self) -> np.ndarray:
+        """The point ids the reservoir holds (a copy; 0 = anonymous)."""
+        return self._reservoir.ids.copy()
+
+    @property
+    def n_applied(self) -> int:
+        """Statistics applied so far (the warm-up counts these)."""
+        return self._n_applied
 
     # ------------------------------------------------------------------ state
     def to_bytes(self) -> bytes:

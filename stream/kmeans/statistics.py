@@ -147,11 +147,47 @@ class BatchStatistics:
 
     @classmethod
     def merge(cls, stats: Iterable[BatchStatistics]) -> BatchStatistics:
-        """Sum several statistics (order-free for the sums and weights)."""
+        """Sum several statistics (order-free for the sums and weights); the same as ``a + b + ...``,
+        in one pass (a trainer merges hundreds of workers' batches at once)."""
         items = list(stats)
         if not items:
             raise ValueError("nothing to merge")
-        return functools.reduce(operator.add, items)
+        if len(items) == 1:
+            return functools.reduce(operator.add, items)
+        first = items[0]
+        for other in items[1:]:
+            if (other.n_clusters, other.dim) != (first.n_clusters, first.dim):
+                raise ValueError(f"cannot merge statistics of shape {(first.n_clusters, first.dim)} and "
+                                 f"{(other.n_clusters, other.dim)}")
+        summed = [st for st in items if st.sums is not None]
+        sums = weights = None
+        if summed:
+            sums = summed[0].sums.astype(np.float64, copy=True)
+            weights = summed[0].weights.astype(np.float64, copy=True)
+            for st in summed[1:]:
+                sums += st.sums
+                weights += st.weights
+        capacity = max(st.seed_capacity for st in items)
+        seeds, keys, ids = top_keys(
+            np.concatenate([st.seeds for st in items]),
+            np.concatenate([st.seed_keys for st in items]),
+            capacity,
+            np.concatenate([st.seed_ids for st in items]),
+        )
+        return BatchStatistics(
+            n_clusters=first.n_clusters,
+            dim=first.dim,
+            sums=sums,
+            weights=weights,
+            n_points=sum(st.n_points for st in items),
+            seeds=seeds,
+            seed_keys=keys,
+            seed_capacity=capacity,
+            model_version=max(st.model_version for st in items),
+            seed_ids=ids,
+            refresh=np.concatenate([st.refresh for st in items]),  # applied in order: the later wins
+            refresh_ids=np.concatenate([st.refresh_ids for st in items]),
+        )
 
     def to_bytes(self) -> bytes:
         """Magic ``ISBS``, a format version byte, then a msgpack array (see :mod:`stream.kmeans.codec`)."""

@@ -1,8 +1,8 @@
 """Fault tests on the real broker: a crash storm, a broker restart and a rebalance with a killed member.
 
 Each compares the service's final state, as other processes see it in Kafka (the profiles
-changelog, the assignments topic read with ``read_committed``, the model changelog and its
-trainer-step log), with a fault-free run of the same events through the same pipeline in this
+changelog, the assignments topic read with ``read_committed``, the model topic and the
+statistics log), with a fault-free run of the same events through the same pipeline in this
 process.
 """
 
@@ -114,19 +114,17 @@ def _reference(encoder, scenario, batch: int):
 
 
 def _final_model(bootstrap: str, topics: Topics, encoder):
-    """The model as a restoring member rebuilds it: the latest snapshot plus its writer's logged steps."""
-    from consumers.changelog import read_from, read_latest
-    from stream.model_state import apply_model_update, restore_model_state
-    from stream.pipeline import Pipeline
-    from stream.settings import ClusteringSettings
+    """The model every member follows at the end: the newest version on the model topic."""
+    from consumers.changelog import read_latest
+    from stream.kmeans import MiniBatchKMeans
+    from stream.shared_model import VERSION_KEY, decode_model_version
 
-    options = {"bootstrap_servers": bootstrap}
-    pipe = Pipeline(ClusteringSettings(n_clusters=K), encoder)
-    latest = read_latest(options, topics.model_changelog, [0])
-    writer, start = restore_model_state(pipe, latest[b"model"][1])
-    for value in read_from(options, f"{topics.group}-model-updates", 0, start, key=writer.encode()):
-        apply_model_update(pipe, value)
-    return pipe.model
+    latest = read_latest({"bootstrap_servers": bootstrap}, topics.model, [0])
+    version = decode_model_version(latest[VERSION_KEY][1])
+    model = MiniBatchKMeans(n_clusters=K)
+    model.follow(version.centroid_matrix(), version.count_vector(), version.version, version.n_applied,
+                 version.reservoir_id_vector())
+    return model
 
 
 def _check_final_state(bootstrap: str, topics: Topics, scenario, reference, encoder, nmi_tolerance: float):
@@ -151,7 +149,9 @@ def _check_final_state(bootstrap: str, topics: Topics, scenario, reference, enco
         history.setdefault(r.key.decode(), []).append(json.loads(r.value))
     for user, recs in history.items():
         for before, after in zip(recs, recs[1:], strict=False):
-            assert before["cluster"] != after["cluster"], f"{user}: repeated change record {after}"
+            interests = [{i["cluster"] for i in rec.get("interests", [])} for rec in (before, after)]
+            assert before["cluster"] != after["cluster"] or interests[0] != interests[1], (
+                f"{user}: repeated change record {after}")
             assert after["previous_cluster"] == before["cluster"], f"{user}: change does not follow the last one"
     # 3. each user's last record is the assignment the final state implies (up to the hysteresis margin)
     model = _final_model(bootstrap, topics, encoder)
@@ -174,11 +174,35 @@ def _check_final_state(bootstrap: str, topics: Topics, scenario, reference, enco
     return nmi_faults, nmi_clean
 
 
-def test_crash_storm(kafka_bootstrap, tmp_path, encoder):
+def _check_model_log(bootstrap: str, topics: Topics):
+    """The model topic's versions never go back, and the final one includes every committed statistics
+    record exactly once: its applied counts equal the sums over the statistics log up to its offset."""
+    from stream.kmeans import BatchStatistics
+    from stream.shared_model import VERSION_KEY, decode_model_version, decode_statistics
+
+    versions = [decode_model_version(r.value) for r in read_all(bootstrap, topics.model, timeout=60)
+                if r.key == VERSION_KEY and r.value is not None]
+    assert versions, "the trainer published model versions"
+    numbers = [v.version for v in versions]
+    assert numbers == sorted(numbers), f"model versions went back: {numbers}"
+    final = versions[-1]
+    committed = read_all(bootstrap, topics.statistics, timeout=60)
+    log = [r for r in committed if r.offset < final.statistics_offset]
+    assert len(log) == len(committed), "the final version includes every committed statistics record"
+    points = sum(BatchStatistics.from_bytes(decode_statistics(r.value).stats).n_points for r in log)
+    assert (final.applied_records, final.applied_points) == (len(log), points), (
+        "a statistics record was applied twice or lost")
+    return versions
+
+
+@pytest.mark.parametrize("n_members", [1, 3], ids=["one-member", "three-members"])
+def test_crash_storm(kafka_bootstrap, tmp_path, encoder, n_members):
     """20,000+ events with 1,000 malformed records of every kind mixed in (among them valid events of
-    real users under non-UTF-8 or foreign keys), while the member is SIGKILLed at random moments at
+    real users under non-UTF-8 or foreign keys), while members are SIGKILLed at random moments at
     least 10 times and restarted: profiles equal the fault-free run's, every bad record is
-    dead-lettered exactly once, and no state record lands outside its user's partition."""
+    dead-lettered exactly once, and no state record lands outside its user's partition. With three
+    members any of them dies, the trainer included: the group still publishes one model whose
+    quality is that of the fault-free run, and every user's last record agrees with it."""
     topics = Topics.fresh()
     _create(kafka_bootstrap, topics, partitions=3)
     corpus = demo_corpus()
@@ -204,40 +228,46 @@ def test_crash_storm(kafka_bootstrap, tmp_path, encoder):
             "--model-snapshot-every", "5"]
     rng = random.Random(7)
     kills = 0
-    while kills < 10:
-        member = ServiceProcess(kafka_bootstrap, topics, tmp_path, *args, name=f"storm{kills}",
-                                instance_id="storm")
-        try:
-            member.wait_ready()
-            time.sleep(rng.uniform(0.5, 4.0))
-            member.stop(signal.SIGKILL)
-            kills += 1
-        finally:
-            member.stop(signal.SIGKILL)
-    restored = sum(bool(re.search(r"restored partitions \[[\d, ]+\]: [1-9]\d* profiles", p.read_text()))
-                   for p in tmp_path.glob("storm*.log"))
-    assert restored >= 5, "most restarts restored state written by a killed predecessor"
-    final = ServiceProcess(kafka_bootstrap, topics, tmp_path, *args, name="final", instance_id="storm")
+    members = {f"m{i}": ServiceProcess(kafka_bootstrap, topics, tmp_path, *args, name=f"storm-m{i}-0",
+                                       instance_id=f"storm-m{i}") for i in range(n_members)}
+    trainer_kills = 0
     try:
-        final.wait_ready()
+        for member in members.values():
+            member.wait_ready()
+        while kills < 10:
+            time.sleep(rng.uniform(0.5, 4.0))
+            name = rng.choice(sorted(members))
+            victim = members[name]
+            trainer_kills += victim.value("interest_trainer_role") == 1
+            victim.stop(signal.SIGKILL)
+            kills += 1
+            members[name] = ServiceProcess(kafka_bootstrap, topics, tmp_path, *args, name=f"storm-{name}-{kills}",
+                                           instance_id=f"storm-{name}")
+            members[name].wait_ready()
         feeder.join(300)
         assert feeder.error is None and feeder.sent == len(records)
         wait_for(lambda: committed_offsets(kafka_bootstrap, topics.group, topics.events)
                  == end_offsets(kafka_bootstrap, topics.events), 300, interval=2, what="all events committed")
-        consumed_final = final.value("interest_events_consumed_total")
+        consumed_final = sum(m.value("interest_events_consumed_total") for m in members.values())
         assert consumed_final < len(records), "the killed members did part of the work"
-        time.sleep(5)  # the idle sweep settles every user against the final model
-        assert final.stop(signal.SIGTERM) == 0, final.log_tail()
+        time.sleep(5)  # the last model version adopted everywhere, the idle sweeps settle every user
+        for member in members.values():
+            assert member.stop(signal.SIGTERM) == 0, member.log_tail()
     finally:
-        final.stop(signal.SIGKILL)
+        for member in members.values():
+            member.stop(signal.SIGKILL)
+    restored = sum(bool(re.search(r"restored partitions \[[\d, ]+\]: [1-9]\d* profiles", p.read_text()))
+                   for p in tmp_path.glob("storm*.log"))
+    assert restored >= 5, "most restarts restored state written by a killed predecessor"
     dead = read_all(kafka_bootstrap, topics.dead_letters, timeout=60)
     coordinates = {(r.headers["source_partition"], r.headers["source_offset"]) for r in dead}
     assert len(dead) == len(coordinates) == len(bad), "every bad record dead-lettered exactly once"
     assert sorted(r.value for r in dead) == sorted(p.value if p.value is not None else b"" for p in bad)
     reference = _reference(encoder, scenario, batch=200)
-    nmi_faults, nmi_clean = _check_final_state(kafka_bootstrap, topics, scenario, reference, encoder, 0.01)
-    print(f"crash storm: {kills} kills, {len(valid)} events + {len(bad)} bad records, "
-          f"NMI {nmi_faults:.4f} vs fault-free {nmi_clean:.4f}")
+    nmi_faults, nmi_clean = _check_final_state(kafka_bootstrap, topics, scenario, reference, encoder, 0.02)
+    _check_model_log(kafka_bootstrap, topics)
+    print(f"crash storm, {n_members} member(s): {kills} kills ({trainer_kills} of the trainer), {len(valid)} "
+          f"events + {len(bad)} bad records, NMI {nmi_faults:.4f} vs fault-free {nmi_clean:.4f}")
 
 
 def test_broker_restart_mid_stream(kafka_bootstrap, kafka_broker, tmp_path, encoder):
@@ -315,3 +345,81 @@ def test_rebalance_then_kill(kafka_bootstrap, tmp_path, encoder):
     reference = _reference(encoder, scenario, batch=200)
     # Two members train two models for a while, so cluster quality may differ more than in one process.
     _check_final_state(kafka_bootstrap, topics, scenario, reference, encoder, 0.05)
+
+
+def _trainer(members: dict) -> str | None:
+    """The name of the member that holds the trainer role now (None if none does)."""
+    holders = [name for name, m in members.items() if m.proc.poll() is None and m.value("interest_trainer_role") == 1]
+    assert len(holders) <= 1, f"two trainers at once: {holders}"
+    return holders[0] if holders else None
+
+
+def test_trainer_failover_and_membership_changes(kafka_bootstrap, tmp_path, encoder):
+    """Three members share one model; the trainer is SIGKILLed twice mid-stream, then a fourth member
+    joins and one leaves. Another member takes the role within the session timeout plus a few
+    seconds, model versions never go back, no statistics record is applied twice or lost, users
+    move with their partitions and nothing is lost, and every member's users are assigned in the
+    one id space of the final model, with the quality of the fault-free single-process run."""
+    topics = Topics.fresh()
+    _create(kafka_bootstrap, topics, partitions=6)
+    scenario = simulate(demo_corpus(), n_users=400, mean_events_per_user=30, content="item_id", seed=13)
+    records = _records(scenario)
+    feeder = Feeder(kafka_bootstrap, topics.events, records, rate=80)
+    session_s = 6
+    args = ["--clusters", str(K), "--hysteresis", str(HYSTERESIS), "--batch-max-events", "200",
+            "--model-snapshot-every", "5"]
+    env_session = {"INTEREST_STREAM_SESSION_TIMEOUT_MS": str(session_s * 1000)}
+
+    def start(name: str, generation: int = 0) -> ServiceProcess:
+        return ServiceProcess(kafka_bootstrap, topics, tmp_path, *args, name=f"{name}-{generation}",
+                              instance_id=name, env=env_session)
+
+    members = {name: start(name) for name in ("a", "b", "c")}
+    takeovers = []
+    try:
+        for m in members.values():
+            m.wait_ready()
+        feeder.start()
+        for kill in range(2):
+            wait_for(lambda k=kill: sum(m.value("interest_events_consumed_total") for m in members.values())
+                     >= 2000 * (k + 1), 180, what="events flowing")
+            trainer = wait_for(lambda: _trainer(members), 60, what="a trainer")
+            members[trainer].stop(signal.SIGKILL)
+            killed_at = time.monotonic()
+            survivors = {n: m for n, m in members.items() if n != trainer}
+            new = wait_for(lambda s=survivors: _trainer(s), session_s + 30, what="another member takes the role")
+            takeovers.append((trainer, new, time.monotonic() - killed_at))
+            members[trainer] = start(trainer, kill + 1)
+            if kill == 0:
+                members["d"] = start("d")  # a fourth member joins mid-stream ...
+            for m in members.values():
+                m.wait_ready()
+            if kill == 0:
+                wait_for(lambda: members["d"].value("interest_users_tracked") > 0, 120, what="d owns users")
+                assert feeder.is_alive(), "the fourth member joined mid-stream"
+        leaver = next(n for n in ("a", "b", "c") if n != _trainer(members))
+        assert feeder.is_alive(), "one member leaves mid-stream"
+        assert members[leaver].stop(signal.SIGTERM) == 0, members[leaver].log_tail()  # ... and one leaves
+        del members[leaver]
+        feeder.join(300)
+        assert feeder.error is None and feeder.sent == len(records)
+        wait_for(lambda: committed_offsets(kafka_bootstrap, topics.group, topics.events)
+                 == end_offsets(kafka_bootstrap, topics.events), 300, interval=2, what="all events committed")
+        assert sum(m.value("interest_users_tracked") for m in members.values()) == len(scenario.truth)
+        time.sleep(5)
+        behind = {n: m.value("interest_model_versions_behind") for n, m in members.items()}
+        assert all(v == 0 for v in behind.values()), behind
+        for m in members.values():
+            assert m.stop(signal.SIGTERM) == 0, m.log_tail()
+    finally:
+        for m in members.values():
+            m.stop(signal.SIGKILL)
+    for old, new, seconds in takeovers:
+        assert seconds <= session_s + 10, f"{new} took the role {seconds:.1f} s after {old} died"
+    logs = "".join(p.read_text() for p in tmp_path.glob("*.log"))
+    assert logs.count("took the trainer role") >= 3
+    reference = _reference(encoder, scenario, batch=200)
+    nmi_group, nmi_clean = _check_final_state(kafka_bootstrap, topics, scenario, reference, encoder, 0.02)
+    versions = _check_model_log(kafka_bootstrap, topics)
+    print(f"shared model: takeovers {[(o, n, round(s, 1)) for o, n, s in takeovers]}, {len(versions)} versions, "
+          f"NMI {nmi_group:.4f} vs fault-free single process {nmi_clean:.4f}")

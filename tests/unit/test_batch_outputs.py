@@ -11,8 +11,9 @@ from consumers.batch_outputs import BatchOutputs
 from consumers.partitioning import UserPartitioner
 from stream.pipeline import Pipeline, SourceRecord
 from stream.settings import ClusteringSettings
+from stream.shared_model import decode_statistics
 
-TOPICS = NS(profiles="p", assignments="a", centroids="c", dead_letters="d", model="m", updates="u")
+TOPICS = NS(profiles="p", assignments="a", centroids="c", dead_letters="d", statistics="s")
 
 
 class Encoder:
@@ -29,12 +30,12 @@ def _batch(pipe, users, n=12):
                                      "text": f"{'ball' if i % 2 else 'stocks'} {i}"}).encode(), None, None)
             for i in range(n)]
     recs.append(SourceRecord(json.dumps({"type": "forget", "user_id": "gone"}).encode(), None, None))
-    return pipe.process_batch(recs, now_ms=5)
+    return pipe.process_batch(recs, now_ms=5, train=False)
 
 
-def test_state_records_go_to_each_users_partition_and_the_model_is_snapshotted_on_schedule():
+def test_state_records_go_to_each_users_partition_and_the_statistics_to_the_trainer():
     users = UserPartitioner(4)
-    outputs = BatchOutputs(TOPICS, users, writer=b"g-m", model_snapshot_every=2)
+    outputs = BatchOutputs(TOPICS, users, writer=b"g-m")
     pipe = Pipeline(ClusteringSettings(n_clusters=2, warmup_batches=0), Encoder())
     out = _batch(pipe, users=30, n=60)
     sends = outputs.batch(out, pipe, now_ms=5)
@@ -43,16 +44,17 @@ def test_state_records_go_to_each_users_partition_and_the_model_is_snapshotted_o
     assert all(s.partition == users.owner_of_key(s.key) for s in state)
     tombstones = [(s.topic, s.key) for s in sends if s.value is None]
     assert sorted(tombstones) == [("a", b"gone"), ("p", b"gone")]
-    assert [s.topic for s in sends].count("u") == 1 and "m" not in [s.topic for s in sends]
-    assert pipe.model.is_initialised
-    sends = outputs.batch(_batch(pipe, users=30, n=60), pipe, now_ms=6)
-    assert [s.topic for s in sends][-1] == "m", "every second batch carries the model"
-    assert not outputs.snapshot_pending()
+    (stats,) = [s for s in sends if s.topic == "s"]
+    assert (stats.key, stats.partition) == (b"g-m", 0)
+    record = decode_statistics(stats.value)
+    assert (record.worker, record.now_ms, record.model_version) == ("g-m", 5, 0)
+    assert record.stats == out.stats.to_bytes()
+    assert not pipe.model.is_initialised, "a worker never trains: the group's trainer does"
 
 
 def test_events_off_their_users_partition_are_dead_lettered_as_they_came():
     users = UserPartitioner(4)
-    outputs = BatchOutputs(TOPICS, users, writer=b"g-m", model_snapshot_every=100)
+    outputs = BatchOutputs(TOPICS, users, writer=b"g-m")
     rec = NS(topic="events", partition=(users.owner("bob") + 1) % 4, offset=17, key=None,
              value=b'{"user_id": "bob", "text": "x"}', timestamp=1234)
     (send,) = outputs.misrouted([(rec, "bob")])
@@ -60,10 +62,3 @@ def test_events_off_their_users_partition_are_dead_lettered_as_they_came():
     headers = dict(send.headers)
     assert headers["reason"] == b"wrong_partition" and headers["source_offset"] == b"17"
     assert f"belongs to partition {users.owner('bob')} of 4".encode() in headers["detail"]
-
-
-def test_committed_notes_the_offset_of_the_trainer_step():
-    outputs = BatchOutputs(TOPICS, UserPartitioner(2), writer=b"g-m", model_snapshot_every=100)
-    done = NS(is_done=True, succeeded=lambda: True, value=NS(offset=41))
-    outputs.committed([NS(topic="a"), NS(topic="u")], [done, done])
-    assert outputs.updates_offset == 41

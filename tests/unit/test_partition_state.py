@@ -70,8 +70,6 @@ def state(monkeypatch):
 
     monkeypatch.setattr(ps, "restore_profiles", restore_profiles)
     monkeypatch.setattr(ps, "restore_assignments", lambda *a, **kw: restored.append(("assignments", tuple(a[2]))) or 0)
-    monkeypatch.setattr(ps, "read_latest", lambda *a, **kw: restored.append(("model",)) or {})
-    monkeypatch.setattr(ps, "read_from", lambda *a, **kw: [])
     settings = ServiceSettings.load(overrides={"bootstrap_servers": "unused:9092", "events_topic": TOPIC})
     ready: list[bool] = []
     s = PartitionState(settings, ServiceMetrics(), retry=None, set_ready=ready.append)
@@ -84,14 +82,14 @@ def _pipeline():
     return Pipeline(ClusteringSettings(n_clusters=2), Encoder())
 
 
-def test_first_assignment_restores_model_and_partitions_then_resumes(state):
+def test_first_assignment_restores_partitions_then_resumes(state):
     consumer = FakeConsumer(assigned=[0, 2])
     state.consumer = consumer
     state.listener().on_partitions_assigned(consumer.assignment())
     assert consumer.paused() == consumer.assignment() and state.needs_apply
     pipe = _pipeline()
     assert state.apply_pending(consumer, pipe)
-    assert state.restored == [("profiles", (0, 2)), ("assignments", (0, 2)), ("model",)]
+    assert state.restored == [("profiles", (0, 2)), ("assignments", (0, 2))]
     assert consumer.seeks == [(0, 7), (2, 3)]  # from scratch: re-read from the committed offsets
     assert consumer.paused() == set() and state.owned == {0, 2} and state.ready_calls[-1] is True
     assert set(pipe.profiles.user_ids()) == {state.by_partition[0], state.by_partition[2]}
@@ -130,6 +128,6 @@ def test_rebuild_restores_everything_owned_from_scratch(state):
     assert state.ready_calls[-1] is False
     fresh = _pipeline()
     state.apply_pending(consumer, fresh)
-    assert state.restored == [("profiles", (1,)), ("assignments", (1,)), ("model",)]
+    assert state.restored == [("profiles", (1,)), ("assignments", (1,))]
     assert consumer.seeks == [(1, "beginning")]  # partition 1 has no committed offset yet
     assert set(fresh.profiles.user_ids()) == {state.by_partition[1]}

@@ -108,8 +108,8 @@ def _state_sends(pipe: Pipeline, out) -> list[tuple[str, bytes, int]]:
     from consumers.batch_outputs import BatchOutputs
 
     topics = SimpleNamespace(profiles="profiles", assignments="assignments", centroids="centroids",
-                             dead_letters="dead-letters", model="model", updates="updates")
-    outputs = BatchOutputs(topics, UserPartitioner(N_PARTITIONS), writer=b"g-m", model_snapshot_every=100)
+                             dead_letters="dead-letters", statistics="statistics")
+    outputs = BatchOutputs(topics, UserPartitioner(N_PARTITIONS), writer=b"g-m")
     sends = outputs.batch(out, pipe, now_ms=0)
     return sorted((s.topic, s.key, s.partition) for s in sends if s.topic in ("profiles", "assignments"))
 

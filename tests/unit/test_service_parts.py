@@ -147,7 +147,9 @@ def test_topic_plan_copartitions_the_state_topics_with_the_events_topic():
     plan = {t.role: t for t in topic_plan(settings, n_events=5)}
     assert plan["assignments"].partitions == plan["profiles changelog"].partitions == 5
     assert plan["profiles changelog"].name == "g-profiles-changelog"
-    assert plan["model changelog"].partitions == plan["model updates"].partitions == 1
+    assert plan["model"].partitions == plan["statistics"].partitions == 1
+    assert (plan["model"].name, plan["model"].cleanup_policy) == ("g-model", "compact")
+    assert (plan["statistics"].name, plan["statistics"].cleanup_policy) == ("g-statistics", "delete")
 
 
 def test_set_up_topics_stops_on_a_state_topic_with_too_few_partitions():

@@ -53,7 +53,8 @@ def test_secrets_are_redacted():
 
 def test_changelog_topics_and_transactional_id():
     s = ServiceSettings.load(overrides={"bootstrap_servers": "x:1", "group_id": "g", "instance_id": "pod-0"})
-    assert s.changelog_topics() == ("g-profiles-changelog", "g-model-changelog", "g-model-updates")
+    assert s.changelog_topics() == ("g-profiles-changelog", "g-model", "g-statistics")
+    assert s.trainer_group_id == s.trainer_transactional_id == "g-trainer"
     assert s.transactional_id == "g-pod-0"
     assert s.processing_guarantee == "exactly_once"
     t = ServiceSettings.load(overrides={"bootstrap_servers": "x:1", "profiles_changelog_topic": "p"})
