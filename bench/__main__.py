@@ -30,6 +30,7 @@ class Only(StrEnum):
     state = "state"
     trainer = "trainer"
     interests = "interests"
+    encoders = "encoders"
 
 
 app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
@@ -40,8 +41,8 @@ def main(
     only: list[Only] = typer.Option(
         None,
         "--only",
-        help="Run only this benchmark (repeatable): quality, movielens, speed, service, state, trainer or "
-        "interests. Default: all.",
+        help="Run only this benchmark (repeatable): quality, movielens, speed, service, state, trainer, "
+        "interests or encoders. Default: all.",
     ),
     quick: bool = typer.Option(
         False,
@@ -171,6 +172,12 @@ def main(
 
         report.print("\n[bold underline]7. Interest mixes[/]")
         interests.run(quality_options, movielens, report, quick=quick)
+
+    if Only.encoders in chosen:
+        from bench import encoders
+
+        report.print("\n[bold underline]8. Encoder backends[/]")
+        encoders.run(report, ag_news=ag_news, mind=mind, movielens=movielens, quick=quick, seed=seed)
 
     report.print()
     report.targets_table(title="Summary of targets")

@@ -241,7 +241,7 @@ def run(
         report.print(f"[yellow]MovieLens 100K not found at {d}: skipped[/]")
         return []
     data = load(d)
-    encoder = product.sentence_encoder()
+    encoder = product.sentence_encoder(overrides=overrides)
     with Stopwatch() as sw:
         vectors = product.corpus_vectors(
             list(data.items.values()), encoder, label="movielens-items", use_disk_cache=use_disk_cache

@@ -50,11 +50,14 @@ from stream.worker import SourceRecord
 _encode_json = msgspec.json.Encoder().encode
 
 
-def sentence_encoder(batch_size: int = 64):
-    """The product's encoder: ``stream.embedder.SentenceEmbedder`` (packaged MiniLM, CPU unless CUDA)."""
-    from stream.embedder import SentenceEmbedder
+def sentence_encoder(batch_size: int = 64, overrides=None):
+    """The product's encoder (packaged MiniLM): :func:`stream.encoders.make_encoder` of the product's
+    settings with ``overrides`` (e.g. ``{"backend": "torch"}``), batch ``batch_size``."""
+    from stream.encoders import make_encoder
 
-    return SentenceEmbedder(batch_size=batch_size)
+    fields = {k: v for k, v in dict(overrides or {}).items()
+              if k in ("backend", "device", "model_path", "max_seq_length", "encoder_cache_dir", "encoder_threads")}
+    return make_encoder(ClusteringSettings(encode_batch_size=batch_size, **fields))
 
 
 def corpus_vectors(texts: Sequence[str], encoder, *, label: str, use_disk_cache: bool = True) -> np.ndarray:
@@ -81,6 +84,9 @@ def corpus_vectors(texts: Sequence[str], encoder, *, label: str, use_disk_cache:
     model_id = MODEL_ID if path is None or Path(path) == default_model_path() else str(path)
     if getattr(encoder, "max_seq_length", None) not in (None, 256):
         model_id += f"|max_seq_length={encoder.max_seq_length}"
+    backend = getattr(encoder, "backend", "torch")
+    if backend != "torch":  # another backend's embeddings are cached apart from torch's
+        model_id += f"|backend={backend}"
     return cached_embeddings(texts, encode, model_id=model_id, label=safe)
 
 

@@ -472,7 +472,7 @@ def run(options: QualityOptions, report: Report) -> list[QualityResult]:
     else:
         report.print(f"[yellow]MIND not found at {options.mind}: skipped[/]")
     results = []
-    encoder = product.sentence_encoder() if corpora else None
+    encoder = product.sentence_encoder(overrides=options.overrides) if corpora else None
     for name, label, corpus, top in corpora:
         if top:
             sizes = {t: len(docs) for t, docs in corpus.by_topic().items()}
@@ -518,7 +518,7 @@ def run(options: QualityOptions, report: Report) -> list[QualityResult]:
         )
         note = (
             f"the product's EventEmbedder ran on every event; its EmbeddingCache was pre-filled with the "
-            f"{len(texts) + len(extra):,} texts' embeddings (computed by the same SentenceEmbedder, kept on disk); "
+            f"{len(texts) + len(extra):,} texts' embeddings (computed by the same encoder, kept on disk); "
             f"texts the encoder still had to encode: {driver.texts_encoded}"
         )
         res.notes.append(note)

@@ -191,6 +191,9 @@ class SentenceEmbedder:
     are run through the (fast) tokenizer to measure their token length.
     """
 
+    #: The encoder backend name (see :mod:`stream.encoders`).
+    backend = "torch"
+
     def __init__(
         self,
         model: str | os.PathLike[str] | None = None,

@@ -138,16 +138,11 @@ class Pipeline:
         encoder: Encoder | None = None,
         catalog: ItemCatalog | None = None,
     ) -> Pipeline:
-        """Build a pipeline; loads the sentence-transformers model unless ``encoder`` is given."""
+        """Build a pipeline; loads the sentence encoder of ``settings.backend`` unless ``encoder`` is given."""
         if encoder is None:
-            from stream.embedder import SentenceEmbedder
+            from stream.encoders import make_encoder
 
-            encoder = SentenceEmbedder(
-                settings.model_path,
-                device=settings.device,
-                batch_size=settings.encode_batch_size,
-                max_seq_length=settings.max_seq_length,
-            )
+            encoder = make_encoder(settings)
         return cls(settings, encoder, catalog)
 
     @property

@@ -151,7 +151,25 @@ class ClusteringSettings(BaseModel):
         None,
         description="Local sentence-transformers model directory; default: the packaged all-MiniLM-L6-v2.",
     )
-    device: str | None = Field(None, description="torch device (cpu, cuda, cuda:1, mps); default: cuda if available.")
+    backend: Literal["torch", "openvino", "openvino-int8"] = Field(
+        "openvino-int8",
+        description="Encoder backend: `torch` (sentence-transformers), `openvino` (fp32) or `openvino-int8` "
+        "(static int8, calibrated on the packaged demo catalog); the OpenVINO ones run without torch, on a "
+        "model converted once from the local weights into `encoder_cache_dir`.",
+    )
+    device: str | None = Field(
+        None,
+        description="torch device (cpu, cuda, cuda:1, mps); default: cuda if available (torch backend). "
+        "A non-CPU device selects the torch backend whatever `backend` says.",
+    )
+    encoder_cache_dir: str | None = Field(
+        None,
+        description="Where the OpenVINO backends keep their converted models (file-locked, keyed by model "
+        "and library versions); default: ~/.cache/interest-stream/encoders.",
+    )
+    encoder_threads: int = Field(
+        0, ge=0, le=1024, description="Inference threads of the OpenVINO backends (0: `OMP_NUM_THREADS` when set, else every core the process may use)."
+    )
     encode_batch_size: int = Field(64, ge=1, le=8192, description="Texts per forward pass of the encoder.")
     max_seq_length: int | None = Field(
         None, ge=8, description="Token window of the encoder; default: the model's own (256 for MiniLM)."

@@ -34,6 +34,7 @@ def replay(
     default_ts: Annotated[int | None, Opt(help="Epoch ms used as the record timestamp of lines without a ts (default: such lines are rejected bad_timestamp).")] = None,
     model: Annotated[str | None, Opt(help="Local sentence-transformers model directory [default: packaged all-MiniLM-L6-v2].")] = None,
     device: Annotated[str | None, Opt(help="torch device, e.g. cpu or cuda [default: cuda when available].")] = None,
+    backend: Annotated[str | None, Opt(help="Encoder backend: torch, openvino or openvino-int8 [default: openvino-int8]; a non-CPU --device selects torch.")] = None,
     encode_batch_size: Annotated[int, Opt(min=1, help="Texts per forward pass of the encoder.")] = 64,
     cache_size: Annotated[int, Opt(min=0, help="Embeddings kept in the LRU cache (0 disables it).")] = 100_000,
     half_life_s: Annotated[float, Opt(help="Half-life of user profiles, in seconds of event time.")] = 7 * 24 * 3600.0,
@@ -70,6 +71,7 @@ def replay(
             n_clusters=clusters, seed=seed, half_life_s=half_life_s, kmeans_half_life=kmeans_half_life,
             hysteresis=hysteresis, top_k=top_k, recheck_budget=recheck_budget, model_path=model, device=device,
             encode_batch_size=encode_batch_size, cache_size=cache_size,
+            **({"backend": backend} if backend is not None else {}),
         )
     except ValidationError as exc:
         console.print(f"[red]invalid options:[/red] {exc}")

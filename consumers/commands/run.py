@@ -46,6 +46,7 @@ def run(
     hysteresis: Annotated[float | None, Opt(help="Cosine margin a new cluster must win by before a change is published [default: 0.005].")] = None,
     model: Annotated[str | None, Opt(help="Local sentence-transformers model directory [default: packaged all-MiniLM-L6-v2].")] = None,
     device: Annotated[str | None, Opt(help="torch device, e.g. cpu or cuda [default: cuda when available].")] = None,
+    backend: Annotated[str | None, Opt(help="Encoder backend: torch, openvino or openvino-int8 [default: openvino-int8]; a non-CPU --device selects torch.")] = None,
     batch_max_events: Annotated[int | None, Opt(help="Largest micro-batch in records [default: 512].")] = None,
     batch_max_wait_ms: Annotated[int | None, Opt(help="Longest wait for a batch to fill after its first record [default: 50].")] = None,
     unknown_item_policy: Annotated[str | None, Opt(help="Events naming an unknown item: dead_letter or wait [default: dead_letter].")] = None,
@@ -80,7 +81,8 @@ def run(
         "metrics_host": metrics_host, "metrics_port": metrics_port, "log_level": log_level,
         "kafka": parse_kafka_options(kafka_option) if kafka_option else None,
         "clustering": {"n_clusters": clusters, "half_life_s": half_life_s, "kmeans_half_life": kmeans_half_life,
-                       "hysteresis": hysteresis, "model_path": model, "device": device},
+                       "hysteresis": hysteresis, "model_path": model, "device": device,
+                       "backend": backend},
     }
     try:
         settings = load_settings(config, overrides)

@@ -173,7 +173,7 @@ def test_a_valid_payload_under_a_non_utf8_key_never_moves_a_users_state(kafka_bo
     else: after the restart every profile equals the fault-free run's."""
     from kafka import KafkaProducer
 
-    from stream.embedder import SentenceEmbedder
+    from stream.encoders import make_encoder
     from stream.pipeline import Pipeline, SourceRecord
     from stream.settings import ClusteringSettings
 
@@ -236,7 +236,7 @@ def test_a_valid_payload_under_a_non_utf8_key_never_moves_a_users_state(kafka_bo
     assert stray_records(kafka_bootstrap, topics.profiles_changelog) == []
     assert stray_records(kafka_bootstrap, topics.assignments) == []
 
-    reference = Pipeline(ClusteringSettings(n_clusters=3), SentenceEmbedder())
+    reference = Pipeline(ClusteringSettings(n_clusters=3), make_encoder(ClusteringSettings()))
     reference.process_batch([SourceRecord(v, k, None) for k, v in valid], now_ms=0)
     stored = latest_profiles(kafka_bootstrap, topics.profiles_changelog)
     assert set(stored) == set(users)

@@ -96,7 +96,7 @@ def test_lock_pins_every_entry_and_is_made_by_make_lock():
 @pytest.mark.parametrize(
     ("change", "complaint"),
     [
-        (lambda t: t.replace('"pyyaml>=6.0",', '"pyyaml>=6.0",\n    "tabulate>=0.9",'), "tabulate>=0.9 has 0"),
+        (lambda t: t.replace('"pyyaml>=6.0",', '"pyyaml>=6.0",\n    "humanize>=4.9",'), "humanize>=4.9 has 0"),
         (lambda t: t.replace('"numpy>=2.0"', '"numpy>=9.0"'), "numpy>=9.0 is locked at"),
     ],
     ids=["new dependency", "tightened bound"],
