@@ -180,6 +180,7 @@ class TrainerRole:
         if self.trainer is None or self._taken_at != self._assignments:
             self._drop()
             self._take_role()
+            return  # the consumer now stands where the model continues: what this poll brought comes again
         records = sorted((r for recs in polled.values() for r in recs), key=lambda r: r.offset)
         if not records:
             self._lag()
@@ -232,6 +233,9 @@ class TrainerRole:
                 i += 1
             self._apply(group, group_end, replaying=True)
         trainer.statistics_offset = max(trainer.statistics_offset, stop)
+        # After a failed transaction the consumer stands past records no committed version includes: go
+        # back to where the model continues, so none of them is skipped.
+        self.consumer.seek(tp, trainer.statistics_offset)
         self._dead_letters, self._snapshots, self._produced_ms = [], [], []
         self._published, self._since_state = None, 0
         self.takeovers += 1

@@ -126,11 +126,13 @@ class GroupTrainer:
         labels: list[LabelStatistics] = []
         bad: list[tuple[int, Exception]] = []
         produced: list[int] = []
+        seen: set[int] = set()
         n_batches = 0
         now_ms = 0
         for offset, value in records:
-            if offset < self.statistics_offset or offset >= end:
+            if offset < self.statistics_offset or offset >= end or offset in seen:
                 continue
+            seen.add(offset)
             try:
                 rec = decode_statistics(value)
                 st = BatchStatistics.from_bytes(rec.stats)

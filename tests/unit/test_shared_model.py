@@ -182,3 +182,12 @@ def test_a_grown_batch_counts_as_the_base_batches_it_holds():
     np.testing.assert_allclose(grown.model.counts.sum(),
                                plain.model.counts.sum() - (1 - decay**2) * decay * _run(log, [1, 2, 3, 4]).model.counts.sum(),
                                rtol=1e-9)
+
+
+def test_a_record_given_twice_in_a_group_is_applied_once():
+    log = _log(3)
+    once = _run(log, [3])
+    twice = GroupTrainer(_settings(), dim=DIM)
+    twice.apply_group([(0, log[0]), (1, log[1]), (1, log[1]), (2, log[2])], 3)
+    assert (twice.applied_records, twice.applied_points) == (once.applied_records, once.applied_points)
+    np.testing.assert_array_equal(twice.model.centroids, once.model.centroids)
