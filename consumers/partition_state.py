@@ -80,6 +80,12 @@ class PartitionState:
                 state.rebalances += 1
                 log.info("partitions revoked: %s", sorted((tp.topic, tp.partition) for tp in revoked))
                 state.set_ready(False)
+                # Revoked partitions are no longer ours, even if the next assignment takes long to come
+                # (a rebuild in between must not restore them, nor keep their state as if still owned:
+                # another member may process them meanwhile).
+                gone = {tp.partition for tp in revoked if tp.topic == topic}
+                held = state.pending if state.pending is not None else set(state.owned)
+                state.pending = held - gone
                 if state.on_revoked is not None:
                     state.on_revoked(list(revoked))
 

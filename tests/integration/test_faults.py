@@ -263,6 +263,14 @@ def test_crash_storm(kafka_bootstrap, tmp_path, encoder, n_members):
     assert restored >= 5, "most restarts restored state written by a killed predecessor"
     dead = read_all(kafka_bootstrap, topics.dead_letters, timeout=60)
     coordinates = {(r.headers["source_partition"], r.headers["source_offset"]) for r in dead}
+    if len(dead) != len(coordinates):
+        from collections import Counter
+
+        seen = Counter((r.headers["source_partition"], r.headers["source_offset"]) for r in dead)
+        dups = [r for r in dead if seen[(r.headers["source_partition"], r.headers["source_offset"])] > 1]
+        detail = Counter((r.headers["source_topic"], r.headers["reason"], r.headers["source_partition"]) for r in dups)
+        raise AssertionError(f"{len(dead)} dead letters for {len(coordinates)} records; duplicated: {dict(detail)}; "
+                             f"first: {[(r.partition, r.offset, r.headers['source_offset']) for r in dups[:6]]}")
     assert len(dead) == len(coordinates) == len(bad), "every bad record dead-lettered exactly once"
     assert sorted(r.value for r in dead) == sorted(p.value if p.value is not None else b"" for p in bad)
     reference = _reference(encoder, scenario, batch=200)
