@@ -38,6 +38,19 @@ def _restore_consumer(options: Mapping[str, Any], max_fetch_bytes: int):
     )
 
 
+def _high_watermarks(options: Mapping[str, Any], tps: list) -> dict:
+    """The partitions' high watermarks (read_uncommitted end offsets): reading read_committed up to them
+    waits until every transaction open now on those partitions has committed or aborted."""
+    from kafka import KafkaConsumer
+
+    probe = KafkaConsumer(group_id=None, enable_auto_commit=False, isolation_level="read_uncommitted",
+                          client_id="interest-stream-restore-hw", **options)
+    try:
+        return probe.end_offsets(tps)
+    finally:
+        probe.close()
+
+
 def read_latest(
     options: Mapping[str, Any],
     topic: str,
@@ -48,10 +61,13 @@ def read_latest(
     on_stray: Callable[[str, bytes, int], None] | None = None,
     timeout_s: float = 600.0,
     max_fetch_bytes: int = 32 * 1024 * 1024,
+    settle: bool = False,
 ) -> dict[bytes, tuple[int, bytes | None]]:
     """Latest ``(partition, value)`` per key of ``partitions`` of ``topic`` (value None = tombstone).
 
-    ``options`` are kafka-python client options (bootstrap servers, security).
+    ``options`` are kafka-python client options (bootstrap servers, security). With ``settle``, reading
+    goes on until every transaction open on those partitions when the read starts has ended (a previous
+    owner that died mid-commit): its records, if it committed, are then part of what is restored.
     ``progress(done, total)`` is called as records are read. With ``owner_of_key``, a record
     whose partition is not its key's owner is a stray: skipped (so it can never replace the
     owner partition's record, whatever the read order) and reported to ``on_stray(topic, key,
@@ -67,7 +83,7 @@ def read_latest(
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         begin = consumer.beginning_offsets(tps)
-        end = consumer.end_offsets(tps)
+        end = _high_watermarks(options, tps) if settle else consumer.end_offsets(tps)
         total = sum(max(0, end[tp] - begin[tp]) for tp in tps)
         latest: dict[bytes, tuple[int, bytes | None]] = {}
         done = 0
@@ -165,7 +181,7 @@ def restore_profiles(
     interest mixes (``profiles.interests``) gets each user's mix back from the same record
     (records written before mixes existed restore without one).
     """
-    latest = read_latest(options, topic, partitions, progress=progress, owner_of_key=owner_of_key,
+    latest = read_latest(options, topic, partitions, progress=progress, owner_of_key=owner_of_key, settle=True,
                          on_stray=on_stray)
     users: list[str] = []
     owners: dict[str, int] = {}
@@ -208,7 +224,7 @@ def restore_assignments(
     """Load the last emitted assignment of every user of ``partitions`` into an AssignmentTracker
     (strays skipped as in :func:`read_latest`)."""
     restored = 0
-    latest = read_latest(options, topic, partitions, owner_of_key=owner_of_key, on_stray=on_stray)
+    latest = read_latest(options, topic, partitions, owner_of_key=owner_of_key, on_stray=on_stray, settle=True)
     for key, (_, value) in latest.items():
         if key is None or value is None:
             continue

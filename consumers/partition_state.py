@@ -199,12 +199,13 @@ class PartitionState:
     def _wait_for_stable_offsets(self, partitions: list[int]) -> None:
         """Wait until no transaction of the partitions' previous owner is still open (KIP-447).
 
-        Every transaction that writes a user's records also commits the offsets of the user's
-        partition, and a read_committed consumer's offset fetch waits while such a commit is
-        pending. A previous owner that died after asking to commit leaves its transaction open
-        until it completes (or, aborted, until ``transaction.timeout.ms``); the changelogs read
-        before it completes would miss what it wrote, and its records would then appear after
-        the restore: a change published twice. So the offsets are fetched before the changelogs.
+        A batch's transaction commits the offsets of its partitions, and a read_committed
+        consumer's offset fetch waits while such a commit is pending; the changelogs are then
+        read up to the high watermarks (``settle``), which waits for any other transaction open
+        on them (an idle sweep's). A previous owner that died after asking to commit leaves its
+        transaction open until it completes (or, aborted, until ``transaction.timeout.ms``); read
+        before it completes, the restore would miss what it wrote, and its records would appear
+        afterwards: an event applied twice, a change published twice.
         """
         consumer = self.consumer
         if consumer is None or not partitions:

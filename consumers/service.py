@@ -411,7 +411,7 @@ class InterestService:
             return
         stale = pipe.take_stale_profiles(chunk)
         if stale:  # interest mixes a model change altered: their changelog records follow
-            if self._commit(self.outputs.profiles(stale, pipe), self._positions()) is None:
+            if self._commit(self.outputs.profiles(stale, pipe), {}) is None:
                 return
         if not self._sweep:
             if self._swept_version == pipe.model.version:
@@ -421,20 +421,12 @@ class InterestService:
         users, self._sweep = self._sweep[:chunk], self._sweep[chunk:]
         changes = pipe.reassess(users, int(time.time() * 1000))
         if changes:
-            if self._commit(self.outputs.changes(changes), self._positions()) is None:
+            if self._commit(self.outputs.changes(changes), {}) is None:
                 return
             self.metrics.changes.inc(len(changes))
             self.observer.clusters(pipe)
         if not self._sweep:
             self._swept_version = self._sweep_version
-
-    def _positions(self) -> dict:
-        """The owned partitions' offsets as they stand (nothing consumed since the last commit), for a
-        transaction that writes users' records outside a batch: a new owner of those partitions then
-        waits for it to finish before it restores them (see PartitionState._wait_for_stable_offsets)."""
-        from kafka.structs import OffsetAndMetadata
-
-        return {tp: OffsetAndMetadata(self.consumer.position(tp), "", -1) for tp in self.consumer.assignment()}
 
     def _dead_letter_catalog_record(self, rec, reason: str, detail: str) -> None:
         """A bad item catalog record: dead-lettered with the next commit (never dropped by a failed one)."""
