@@ -52,7 +52,7 @@ def run(
     unknown_item_policy: Annotated[str | None, Opt(help="Events naming an unknown item: dead_letter or wait [default: dead_letter].")] = None,
     processing_guarantee: Annotated[str | None, Opt(help="exactly_once (outputs, changelogs and offsets in one transaction) or at_least_once (faster; a crash can repeat a batch) [default: exactly_once].")] = None,
     instance_id: Annotated[str | None, Opt(help="Stable identity of this member; the transactional id is <group-id>-<instance-id> [default: host name].")] = None,
-    model_snapshot_every: Annotated[int | None, Opt(help="Write the model to its changelog every N batches; logged trainer steps cover the batches between [default: 100].")] = None,
+    model_snapshot_every: Annotated[int | None, Opt(help="The trainer writes its whole state to the model topic every N model transactions; the statistics log covers the ones between [default: 100].")] = None,
     metrics_host: Annotated[str | None, Opt(help="Bind address of /metrics, /healthz, /readyz [default: 0.0.0.0].")] = None,
     metrics_port: Annotated[int | None, Opt(help="Port of /metrics, /healthz, /readyz [default: 9108].")] = None,
     kafka_option: Annotated[list[str] | None, Opt("--kafka-option", "-X", help="Extra kafka-python client setting KEY=VALUE (repeatable), e.g. -X security_protocol=SASL_SSL -X sasl_mechanism=SCRAM-SHA-512. Java-style dotted names work too.")] = None,
