@@ -140,9 +140,9 @@ def test_service_agrees_with_replay_on_the_same_events(kafka_bootstrap, tmp_path
         assert sims[i].max() - sims[i, last["cluster"]] <= settings.hysteresis + 1e-5, user
     centroids = latest_assignments(read_all(kafka_bootstrap, topics.centroids))
     assert sorted(int(k) for k in centroids) == list(range(10))
+    # (No check on label terms here: the whole stream waits before the member starts, so every batch may be
+    # summarised before the first model version exists, and label statistics need centroids.)
     assert all(len(v["vector"]) == 384 for v in centroids.values())
-    # A cluster reseeded near the end has had no time to collect terms; the others have some.
-    assert sum(bool(v["label_terms"]) for v in centroids.values()) >= len(centroids) - 2
 
 
 BAD_INPUT: list[tuple[str, bytes | None, bytes]] = [
