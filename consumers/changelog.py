@@ -181,7 +181,7 @@ def restore_profiles(
     interest mixes (``profiles.interests``) gets each user's mix back from the same record
     (records written before mixes existed restore without one).
     """
-    latest = read_latest(options, topic, partitions, progress=progress, owner_of_key=owner_of_key, settle=True,
+    latest = read_latest(options, topic, partitions, progress=progress, owner_of_key=owner_of_key,
                          on_stray=on_stray)
     users: list[str] = []
     owners: dict[str, int] = {}
@@ -224,7 +224,7 @@ def restore_assignments(
     """Load the last emitted assignment of every user of ``partitions`` into an AssignmentTracker
     (strays skipped as in :func:`read_latest`)."""
     restored = 0
-    latest = read_latest(options, topic, partitions, owner_of_key=owner_of_key, on_stray=on_stray, settle=True)
+    latest = read_latest(options, topic, partitions, owner_of_key=owner_of_key, on_stray=on_stray)
     for key, (_, value) in latest.items():
         if key is None or value is None:
             continue

@@ -80,12 +80,6 @@ class PartitionState:
                 state.rebalances += 1
                 log.info("partitions revoked: %s", sorted((tp.topic, tp.partition) for tp in revoked))
                 state.set_ready(False)
-                # Revoked partitions are no longer ours, even if the next assignment takes long to come
-                # (a rebuild in between must not restore them, nor keep their state as if still owned:
-                # another member may process them meanwhile).
-                gone = {tp.partition for tp in revoked if tp.topic == topic}
-                held = state.pending if state.pending is not None else set(state.owned)
-                state.pending = held - gone
                 if state.on_revoked is not None:
                     state.on_revoked(list(revoked))
 
@@ -200,9 +194,7 @@ class PartitionState:
         """Wait until no transaction of the partitions' previous owner is still open (KIP-447).
 
         A batch's transaction commits the offsets of its partitions, and a read_committed
-        consumer's offset fetch waits while such a commit is pending; the changelogs are then
-        read up to the high watermarks (``settle``), which waits for any other transaction open
-        on them (an idle sweep's). A previous owner that died after asking to commit leaves its
+        consumer's offset fetch waits while such a commit is pending. A previous owner that died after asking to commit leaves its
         transaction open until it completes (or, aborted, until ``transaction.timeout.ms``); read
         before it completes, the restore would miss what it wrote, and its records would appear
         afterwards: an event applied twice, a change published twice.

@@ -202,8 +202,8 @@ def _check_model_log(bootstrap: str, topics: Topics):
     pytest.param(3, id="three-members", marks=pytest.mark.xfail(strict=False, reason=(
         "known bug, issue 12 left open: with three members SIGKILLed at random under load, about one run in two "
         "ends with one batch's records lost or applied twice (a profile off, a dead letter missing or doubled, a "
-        "change published twice); fixed so far: stale partition ownership across a rebuild, restores that raced a "
-        "dead owner's open transaction, trainer records skipped after a failed transaction"))),
+        "change published twice); fixed so far: restores that raced a dead owner's pending "
+        "batch transaction, trainer records skipped after a failed transaction"))),
 ])
 def test_crash_storm(kafka_bootstrap, tmp_path, encoder, n_members):
     """20,000+ events with 1,000 malformed records of every kind mixed in (among them valid events of

@@ -132,27 +132,3 @@ def test_rebuild_restores_everything_owned_from_scratch(state):
     assert consumer.seeks == [(1, "beginning")]  # partition 1 has no committed offset yet
     assert set(fresh.profiles.user_ids()) == {state.by_partition[1]}
 
-
-def test_a_partition_revoked_before_a_rebuild_is_restored_afresh_when_it_comes_back(state):
-    """Revoked, then a failed batch rebuilds before the next assignment arrives, then the partition comes
-    back in a later generation (another member may have processed it meanwhile): it is restored again,
-    never kept from before the revocation."""
-    consumer = FakeConsumer(assigned=[0])
-    state.consumer = consumer
-    pipe = _pipeline()
-    state.pending = {0}
-    state.apply_pending(consumer, pipe)
-    state.restored.clear()
-    state.listener().on_partitions_revoked([TopicPartition(TOPIC, 0)])
-    consumer.assigned = set()
-    state.rebuild(consumer)
-    fresh = _pipeline()
-    state.apply_pending(consumer, fresh)
-    assert all(parts == () for _, parts in state.restored) and state.owned == set(), "a revoked partition is not restored"
-    state.restored.clear()
-    assert set(fresh.profiles.user_ids()) == set()
-    consumer.assigned = {TopicPartition(TOPIC, 0)}
-    state.listener().on_partitions_assigned(consumer.assignment())
-    state.apply_pending(consumer, fresh)
-    assert state.restored == [("profiles", (0,)), ("assignments", (0,))]
-    assert state.owned == {0}
