@@ -16,6 +16,16 @@ member's: it follows the model topic (:mod:`consumers.model_follower`).
   :meth:`rebuild`: a batch that was not committed leaves the in-memory state ahead of what Kafka
   holds, and the changelogs plus the committed offsets are the only truth.
 
+``released``: held partitions that an assignment since the last apply left out, or that were lost
+when the group evicted this member. Another member may have applied their events meanwhile, so
+even when they come back their held state is stale: :meth:`apply_pending` drops and restores them
+(and reads them again from the committed offset) like any gained partition.
+
+``awaiting_assignment``: a revocation was seen and the assignment that ends the rebalance not yet.
+Meanwhile the revoked partitions are paused and nothing is applied, restored or swept: the group
+may give them to another member (a member busy restoring can even miss a whole generation), and
+a commit made now could carry no valid generation for Kafka to fence.
+
 ``rebalances`` counts revocations: a batch polled before a revocation and committed after it could
 lose or double events on the partition's new owner, so the service drops such a batch
 (:meth:`rebalanced_since`) and rebuilds instead.
@@ -66,6 +76,8 @@ class PartitionState:
         self.pending: set[int] | None = None
         self.from_scratch = True
         self.rebalances = 0
+        self.released: set[int] = set()  # held partitions some assignment since the last apply left out
+        self.awaiting_assignment = False  # revoked, the next assignment not handed out yet
 
     # ------------------------------------------------------------------ the group's callbacks
     def listener(self):
@@ -79,9 +91,22 @@ class PartitionState:
             def on_partitions_revoked(self, revoked):
                 state.rebalances += 1
                 log.info("partitions revoked: %s", sorted((tp.topic, tp.partition) for tp in revoked))
+                # Until the group hands out the next assignment nothing is processed or committed for
+                # these partitions: they may be another member's by then (see awaiting_assignment).
+                state.awaiting_assignment = True
+                if revoked and state.consumer is not None:
+                    state.consumer.pause(*revoked)
                 state.set_ready(False)
                 if state.on_revoked is not None:
                     state.on_revoked(list(revoked))
+
+            def on_partitions_lost(self, lost):
+                # Evicted from the group (session expired, fenced): other members may own these
+                # partitions now, so whatever is held for them is stale even if they come back.
+                log.warning("partitions lost (evicted from the group): %s",
+                            sorted((tp.topic, tp.partition) for tp in lost))
+                state.released |= state.owned | {tp.partition for tp in lost if tp.topic == topic}
+                self.on_partitions_revoked(lost)
 
             def on_partitions_assigned(self, assigned):
                 # Runs inside poll, on the client's network loop: only note the assignment and pause the
@@ -90,6 +115,10 @@ class PartitionState:
                 if assigned:
                     state.consumer.pause(*assigned)
                 state.pending = {tp.partition for tp in assigned if tp.topic == topic}
+                state.awaiting_assignment = False
+                # A held partition missing from this assignment may have had another owner since (even
+                # if a later assignment hands it back before the loop applies one): its state is stale.
+                state.released |= state.owned - state.pending
 
         return Listener()
 
@@ -102,17 +131,22 @@ class PartitionState:
         """Drop the users of partitions lost, restore those gained (all, when rebuilding), resume, report
         ready. False when a stop was requested while Kafka was unreachable (nothing applied)."""
         assigned = self.pending if self.pending is not None else set(self.owned)
-        lost, gained = self.owned - assigned, assigned - self.owned
+        # Kept: held and in every assignment since the last apply, so no other member owned it meanwhile.
+        kept = (self.owned - self.released) & assigned
+        lost, gained = self.owned - kept, assigned - kept
         if lost:
             self._drop(pipeline, lost)
             self.owned -= lost
         if gained or self.from_scratch:
             if self._call("restore", lambda: self._restore(pipeline, sorted(gained))) is None:
                 return False
-        if self.from_scratch:
-            if self._call("recover", lambda: self._seek_to_committed(consumer, assigned)) is None:
-                return False
-            self.from_scratch = False
+        # Read each restored partition from its committed offset, the point its restored state is at
+        # (the client may keep a position from an earlier assignment of the partition).
+        if self._call("recover", lambda: self._seek_to_committed(consumer, assigned if self.from_scratch
+                                                                  else gained)) is None:
+            return False
+        self.from_scratch = False
+        self.released = set()
         self.pending = None
         self.owned = set(assigned)
         paused = consumer.paused()
@@ -125,7 +159,7 @@ class PartitionState:
         """After a failed commit: forget what is held; the next :meth:`apply_pending` restores every owned
         partition from Kafka and re-reads each partition from its committed offset."""
         self.set_ready(False)
-        if self.pending is None:
+        if self.pending is None and not self.awaiting_assignment:
             self.pending = set(self.owned)
         self.owned = set()
         self.from_scratch = True
@@ -135,8 +169,16 @@ class PartitionState:
 
     @property
     def needs_apply(self) -> bool:
-        """Whether :meth:`apply_pending` must run before the next batch."""
-        return self.pending is not None or self.from_scratch
+        """Whether :meth:`apply_pending` must run before the next batch (not while the group is still
+        handing out the assignment that follows a revocation: the loop keeps polling for it)."""
+        return (self.pending is not None or self.from_scratch) and not self.awaiting_assignment
+
+    @property
+    def settled(self) -> bool:
+        """Whether the held state is exactly that of the partitions the group assigned: no revocation
+        awaiting its assignment, nothing to apply. Only then may writes outside a batch (an idle sweep)
+        go out, since a revoked partition may be another member's already."""
+        return not self.awaiting_assignment and self.pending is None and not self.from_scratch
 
     # ------------------------------------------------------------------ the work
     def _drop(self, pipeline, partitions: set[int]) -> None:

@@ -272,6 +272,10 @@ class InterestService:
             self.server.tick()
             if self.partitions.needs_apply:
                 self.partitions.apply_pending(self.consumer, self._pipeline)
+                # Users restored here were last assessed by their previous owner, perhaps against an
+                # older model version: the next quiet moment sweeps every user again.
+                self._sweep, self._swept_version = [], -1
+                self.metrics.settled_version.set(-1)
                 continue
             self.catalog_follower.follow(timeout_ms=0)
             self._follow_model()
@@ -305,6 +309,7 @@ class InterestService:
             self._pipeline.adopt(self.model_follower.latest)
         self.observer.new_pipeline()
         self._sweep, self._swept_version = [], -1
+        self.metrics.settled_version.set(-1)
         self.partitions.rebuild(self.consumer)
 
     def _collect_batch(self) -> list:
@@ -407,7 +412,7 @@ class InterestService:
         (up to the hysteresis margin). It starts again whenever the model version changed.
         """
         pipe = self._pipeline
-        if not pipe.model.is_initialised or self.partitions.needs_apply:
+        if not pipe.model.is_initialised or not self.partitions.settled:
             return
         stale = pipe.take_stale_profiles(chunk)
         if stale:  # interest mixes a model change altered: their changelog records follow
@@ -427,6 +432,7 @@ class InterestService:
             self.observer.clusters(pipe)
         if not self._sweep:
             self._swept_version = self._sweep_version
+            self.metrics.settled_version.set(self._swept_version)
 
     def _dead_letter_catalog_record(self, rec, reason: str, detail: str) -> None:
         """A bad item catalog record: dead-lettered with the next commit (never dropped by a failed one)."""
@@ -451,7 +457,7 @@ class InterestService:
         """Ask the coordinator whether this member really is in the group (consumers/group_watchdog.py);
         force a rejoin when it has been stuck for the bound, exit when that did not help either."""
         dog, s = self.watchdog, self.settings
-        owned = 1 if self.partitions.needs_apply else len(self.consumer.assignment())
+        owned = 1 if not self.partitions.settled else len(self.consumer.assignment())
         if not dog.due(owned):
             return
         try:

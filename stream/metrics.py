@@ -67,6 +67,7 @@ METRIC_HELP: dict[str, str] = {
     "interest_model_staleness_seconds": "On the trainer: time from a worker building a statistics record to the commit of the model version that includes it.",
     "interest_model_versions_behind": "Newest model version seen on the model topic minus the version this member assigns with.",
     "interest_model_version_age_seconds": "Seconds since the newest model version this member has seen was published.",
+    "interest_assignments_settled_version": "Model version the last complete idle sweep re-assessed every user of this member against (-1 before one): equal to interest_model_version once the published assignments agree with the current model.",
 }
 
 
@@ -158,6 +159,10 @@ class ServiceMetrics:
         )
         self.versions_behind = Gauge("interest_model_versions_behind", h["interest_model_versions_behind"], registry=r)
         self.model_age = Gauge("interest_model_version_age_seconds", h["interest_model_version_age_seconds"], registry=r)
+        self.settled_version = Gauge(
+            "interest_assignments_settled_version", h["interest_assignments_settled_version"], registry=r
+        )
+        self.settled_version.set(-1)
 
     def exposition(self) -> bytes:
         """The text exposition format of every metric (what ``/metrics`` serves)."""

@@ -168,6 +168,44 @@ class ServiceProcess:
         return self.log_path.read_text(errors="replace")[-chars:]
 
 
+def wait_settled(members: Iterable[ServiceProcess], timeout: float = 180, quiet_s: float = 3.0) -> int:
+    """After the input went quiet: wait until the group is settled, and return the final model version.
+
+    Settled means one member holds the trainer role and has applied every statistics record, every
+    member assigns with the newest model version it has seen, and every member's idle sweep has
+    re-assessed all its users against that version, the same on all members, for ``quiet_s``
+    seconds in a row (longer than the trainer's linger, so a version still to come shows up first).
+    """
+    members = list(members)
+
+    def state() -> tuple | None:
+        samples = [m.metrics() for m in members]
+        get = [lambda name, s=s: s.get((name, ()), 0.0) for s in samples]
+        if not samples or not all(samples) or sum(g("interest_trainer_role") for g in get) != 1:
+            return None
+        if any(g("interest_trainer_statistics_lag_records") for g in get):
+            return None
+        versions = {g("interest_model_version") for g in get}
+        if len(versions) != 1 or any(g("interest_model_versions_behind") for g in get):
+            return None
+        (version,) = versions
+        if any(g("interest_assignments_settled_version") != version for g in get):
+            return None
+        return int(version), sum(g("interest_model_versions_published_total") for g in get)
+
+    deadline = time.monotonic() + timeout
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        now = state()
+        if now is None or now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return now[0]
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for the group to settle (last: {last!r}; "
+                         f"logs: {[str(m.log_path) for m in members]})")
+
+
 def send(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes | None]]) -> int:
     """Produce ``(key, value)`` records and wait until all are acknowledged."""
     from kafka import KafkaProducer

@@ -28,6 +28,7 @@ from service_harness import (
     send,
     stray_records,
     wait_for,
+    wait_settled,
 )
 from sklearn.metrics import normalized_mutual_info_score
 
@@ -129,7 +130,8 @@ def _final_model(bootstrap: str, topics: Topics, encoder):
     return model
 
 
-def _check_final_state(bootstrap: str, topics: Topics, scenario, reference, encoder, nmi_tolerance: float):
+def _check_final_state(bootstrap: str, topics: Topics, scenario, reference, encoder, settled: int,
+                       nmi_tolerance: float):
     """Profiles exact, no duplicate change record, last records consistent with the final state, quality kept."""
     assert committed_offsets(bootstrap, topics.group, topics.events) == end_offsets(bootstrap, topics.events)
     # 0. every state record in its user's own partition (a rejected record never writes state elsewhere)
@@ -157,6 +159,7 @@ def _check_final_state(bootstrap: str, topics: Topics, scenario, reference, enco
             assert after["previous_cluster"] == before["cluster"], f"{user}: change does not follow the last one"
     # 3. each user's last record is the assignment the final state implies (up to the hysteresis margin)
     model = _final_model(bootstrap, topics, encoder)
+    assert model.version == settled, "the newest version on the model topic is the one every member settled on"
     users = sorted(stored)
     directions = np.stack([stored[u][0] / np.linalg.norm(stored[u][0]) for u in users])
     sims = model.similarities(directions)
@@ -259,7 +262,7 @@ def test_crash_storm(kafka_bootstrap, tmp_path, encoder, n_members):
                  == end_offsets(kafka_bootstrap, topics.events), 300, interval=2, what="all events committed")
         consumed_final = sum(m.value("interest_events_consumed_total") for m in members.values())
         assert consumed_final < len(records), "the killed members did part of the work"
-        time.sleep(5)  # the last model version adopted everywhere, the idle sweeps settle every user
+        settled = wait_settled(members.values())  # the last model version adopted and swept everywhere
         for member in members.values():
             assert member.stop(signal.SIGTERM) == 0, member.log_tail()
     finally:
@@ -288,7 +291,7 @@ def test_crash_storm(kafka_bootstrap, tmp_path, encoder, n_members):
     assert len(dead) == len(coordinates) == len(bad), "every bad record dead-lettered exactly once"
     assert sorted(r.value for r in dead) == sorted(p.value if p.value is not None else b"" for p in bad)
     reference = _reference(encoder, scenario, batch=200)
-    nmi_faults, nmi_clean = _check_final_state(kafka_bootstrap, topics, scenario, reference, encoder, 0.02)
+    nmi_faults, nmi_clean = _check_final_state(kafka_bootstrap, topics, scenario, reference, encoder, settled, 0.02)
     _check_model_log(kafka_bootstrap, topics)
     print(f"crash storm, {n_members} member(s): {kills} kills ({trainer_kills} of the trainer), {len(valid)} "
           f"events + {len(bad)} bad records, NMI {nmi_faults:.4f} vs fault-free {nmi_clean:.4f}")
@@ -319,7 +322,7 @@ def test_broker_restart_mid_stream(kafka_bootstrap, kafka_broker, tmp_path, enco
                 kafka_bootstrap, topics.events)
 
         wait_for(all_committed, 300, interval=2, what="all events committed")
-        time.sleep(5)
+        settled = wait_settled([member])
         assert member.stop(signal.SIGTERM) == 0, member.log_tail()
     finally:
         member.stop(signal.SIGKILL)
@@ -328,7 +331,7 @@ def test_broker_restart_mid_stream(kafka_bootstrap, kafka_broker, tmp_path, enco
     # the outage is redone with other boundaries, and on 200 users and k=10 two trajectories that
     # differ only in batch boundaries were measured up to 0.09 NMI apart (crash storm: 21k events,
     # 0.01). So the quality bound here only catches a model that was lost or broken by the restart.
-    _check_final_state(kafka_bootstrap, topics, scenario, reference, encoder, 0.15)
+    _check_final_state(kafka_bootstrap, topics, scenario, reference, encoder, settled, 0.15)
 
 
 def test_rebalance_then_kill(kafka_bootstrap, tmp_path, encoder):
@@ -359,7 +362,7 @@ def test_rebalance_then_kill(kafka_bootstrap, tmp_path, encoder):
         assert feeder.error is None
         wait_for(lambda: committed_offsets(kafka_bootstrap, topics.group, topics.events)
                  == end_offsets(kafka_bootstrap, topics.events), 300, interval=2, what="all events committed")
-        time.sleep(5)
+        settled = wait_settled([second])
         assert second.stop(signal.SIGTERM) == 0, second.log_tail()
     finally:
         first.stop(signal.SIGKILL)
@@ -369,7 +372,7 @@ def test_rebalance_then_kill(kafka_bootstrap, tmp_path, encoder):
     assert re.search(r"restored partitions \[[\d, ]+\]: [1-9]\d* profiles", log), "the survivor restored state"
     reference = _reference(encoder, scenario, batch=200)
     # Two members train two models for a while, so cluster quality may differ more than in one process.
-    _check_final_state(kafka_bootstrap, topics, scenario, reference, encoder, 0.05)
+    _check_final_state(kafka_bootstrap, topics, scenario, reference, encoder, settled, 0.05)
 
 
 def _trainer(members: dict) -> str | None:
@@ -435,9 +438,7 @@ def test_trainer_failover_and_membership_changes(kafka_bootstrap, tmp_path, enco
         wait_for(lambda: committed_offsets(kafka_bootstrap, topics.group, topics.events)
                  == end_offsets(kafka_bootstrap, topics.events), 300, interval=2, what="all events committed")
         assert sum(m.value("interest_users_tracked") for m in members.values()) == len(scenario.truth)
-        time.sleep(5)
-        behind = {n: m.value("interest_model_versions_behind") for n, m in members.items()}
-        assert all(v == 0 for v in behind.values()), behind
+        settled = wait_settled(members.values())  # includes: no member behind the newest version
         for m in members.values():
             assert m.stop(signal.SIGTERM) == 0, m.log_tail()
     finally:
@@ -448,7 +449,7 @@ def test_trainer_failover_and_membership_changes(kafka_bootstrap, tmp_path, enco
     logs = "".join(p.read_text() for p in tmp_path.glob("*.log"))
     assert logs.count("took the trainer role") >= 3
     reference = _reference(encoder, scenario, batch=200)
-    nmi_group, nmi_clean = _check_final_state(kafka_bootstrap, topics, scenario, reference, encoder, 0.02)
+    nmi_group, nmi_clean = _check_final_state(kafka_bootstrap, topics, scenario, reference, encoder, settled, 0.02)
     versions = _check_model_log(kafka_bootstrap, topics)
     print(f"shared model: takeovers {[(o, n, round(s, 1)) for o, n, s in takeovers]}, {len(versions)} versions, "
           f"NMI {nmi_group:.4f} vs fault-free single process {nmi_clean:.4f}")
