@@ -202,11 +202,7 @@ def _check_model_log(bootstrap: str, topics: Topics):
 
 @pytest.mark.parametrize("n_members", [
     pytest.param(1, id="one-member"),
-    pytest.param(3, id="three-members", marks=pytest.mark.xfail(strict=False, reason=(
-        "known bug, issue 12 left open: with three members SIGKILLed at random under load, about one run in two "
-        "ends with one batch's records lost or applied twice (a profile off, a dead letter missing or doubled, a "
-        "change published twice); fixed so far: restores that raced a dead owner's pending "
-        "batch transaction, trainer records skipped after a failed transaction"))),
+    pytest.param(3, id="three-members"),
 ])
 def test_crash_storm(kafka_bootstrap, tmp_path, encoder, n_members):
     """20,000+ events with 1,000 malformed records of every kind mixed in (among them valid events of
@@ -382,10 +378,6 @@ def _trainer(members: dict) -> str | None:
     return holders[0] if holders else None
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known bug, issue 12 left open: the same worker-side lost-or-doubled batch as the three-member crash storm "
-    "(here one user's profile off after kills and membership changes, in 1 of the last 4 runs); the trainer "
-    "failover itself (takeover time, monotonic versions, applied statistics = log) held in every run"))
 def test_trainer_failover_and_membership_changes(kafka_bootstrap, tmp_path, encoder):
     """Three members share one model; the trainer is SIGKILLed twice mid-stream, then a fourth member
     joins and one leaves. Another member takes the role within the session timeout plus a few
