@@ -1,4 +1,5 @@
-"""Fault tests on the real broker: a crash storm, a broker restart and a rebalance with a killed member.
+"""Fault tests on the real broker: a crash storm, a broker restart and a rebalance with a killed member;
+with them the shared model's equivalence test (the same events through one member and through three).
 
 Each compares the service's final state, as other processes see it in Kafka (the profiles
 changelog, the assignments topic read with ``read_committed``, the model topic and the
@@ -291,6 +292,56 @@ def test_crash_storm(kafka_bootstrap, tmp_path, encoder, n_members):
     _check_model_log(kafka_bootstrap, topics)
     print(f"crash storm, {n_members} member(s): {kills} kills ({trainer_kills} of the trainer), {len(valid)} "
           f"events + {len(bad)} bad records, NMI {nmi_faults:.4f} vs fault-free {nmi_clean:.4f}")
+
+
+def _run_group(bootstrap: str, tmp_path, scenario, n_members: int, name: str):
+    """The scenario's events, fed at a steady rate, through ``n_members`` fault-free member processes.
+    Returns the topics, the settled model version and the events each member consumed."""
+    topics = Topics.fresh()
+    _create(bootstrap, topics, partitions=6)
+    feeder = Feeder(bootstrap, topics.events, _records(scenario), rate=300)
+    args = ["--clusters", str(K), "--hysteresis", str(HYSTERESIS), "--batch-max-events", "200"]
+    members = [ServiceProcess(bootstrap, topics, tmp_path, *args, name=f"{name}-{i}", instance_id=f"{name}-{i}")
+               for i in range(n_members)]
+    try:
+        for member in members:
+            member.wait_ready()
+        feeder.start()
+        feeder.join(300)
+        assert feeder.error is None and feeder.sent == len(scenario.events)
+        wait_for(lambda: committed_offsets(bootstrap, topics.group, topics.events)
+                 == end_offsets(bootstrap, topics.events), 300, interval=2, what="all events committed")
+        settled = wait_settled(members)
+        consumed = [member.value("interest_events_consumed_total") for member in members]
+        for member in members:
+            assert member.stop(signal.SIGTERM) == 0, member.log_tail()
+    finally:
+        for member in members:
+            member.stop(signal.SIGKILL)
+    return topics, settled, consumed
+
+
+def test_three_members_publish_the_one_id_space_of_one_member(kafka_bootstrap, tmp_path, encoder):
+    """The same events through one member and through three (one process each, no faults): the three
+    share one model, so every user's last record, whichever member published it, is the nearest
+    centroid (within the hysteresis) of the one final model version all members settled on; profiles
+    are exact in both runs, and the three-member clustering is as good as the single member's (NMI
+    against the truth at most 0.02 below)."""
+    scenario = simulate(demo_corpus(), n_users=700, mean_events_per_user=30, content="item_id",
+                        drift_fraction=0.2, seed=21)
+    reference = _reference(encoder, scenario, batch=200)
+    nmi = {}
+    for n_members in (1, 3):
+        topics, settled, consumed = _run_group(kafka_bootstrap, tmp_path, scenario, n_members, f"equal{n_members}")
+        assert sum(consumed) >= len(scenario.events) and min(consumed) > 0, consumed  # each member worked
+        nmi[n_members], nmi_clean = _check_final_state(kafka_bootstrap, topics, scenario, reference, encoder,
+                                                       settled, 0.02)
+        _check_model_log(kafka_bootstrap, topics)
+    # No quality lost by sharing the model: at most 0.02 below the single member. Batches of three members
+    # hold other events than one member's, so the model takes another path; measured, it can also land
+    # higher than that (0.784 against 0.763 in one run of four), which is no loss.
+    assert nmi[3] >= nmi[1] - 0.02, nmi
+    print(f"equivalence: NMI one member {nmi[1]:.4f}, three members {nmi[3]:.4f}, in-process {nmi_clean:.4f}")
 
 
 def test_broker_restart_mid_stream(kafka_bootstrap, kafka_broker, tmp_path, encoder):
