@@ -647,6 +647,49 @@ def cold_throughput(
         topics.delete(bootstrap)
 
 
+# ----------------------------------------------------------------------------- paced MovieLens streams
+def movielens_stream(bootstrap: str, encoder, movielens_dir, rate: float, seconds: float):
+    """What a paced benchmark streams: MovieLens items and their vectors, the events of ``seconds`` at
+    ``rate`` and fresh topics with the item catalog published. Returns ``(items, vectors, payloads,
+    topics)``; the caller deletes the topics."""
+    from bench import product
+
+    events, items = movielens_events(movielens_dir)
+    vectors = product.corpus_vectors(list(items.values()), encoder, label="movielens-items")
+    topics = Topics()
+    topics.create(bootstrap)
+    try:
+        produce(bootstrap, topics.name("items"), _catalog_records(items))
+    except BaseException:
+        topics.delete(bootstrap)
+        raise
+    return items, vectors, events[: int(rate * seconds) + 1], topics
+
+
+@contextlib.contextmanager
+def paced_producer_process(bootstrap: str, topic: str, payloads: list[dict], rate: float, seconds: float):
+    """The paced producer (``python -m bench.service paced-producer``) in a subprocess, started and
+    ready to send ``payloads`` at ``rate`` for ``seconds``: yields the process, whose last stdout line
+    is the count it sent, and kills it on exit if it still runs."""
+    import msgspec
+
+    with tempfile.TemporaryDirectory(prefix="bench-paced-") as scratch:
+        payload_file = Path(scratch) / "payloads.jsonl"
+        enc = msgspec.json.Encoder().encode
+        payload_file.write_bytes(b"\n".join(enc([e["user_id"], e]) for e in payloads))
+        cmd = [sys.executable, "-m", "bench.service", "paced-producer", bootstrap, topic, str(payload_file),
+               str(rate), str(seconds)]
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+        try:
+            line = proc.stdout.readline()
+            if line.strip() != "ready":
+                raise RuntimeError(f"the paced producer did not start: {line!r}")
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
 def steady_latency(
     bootstrap: str,
     encoder,
@@ -658,50 +701,21 @@ def steady_latency(
     **service_overrides,
 ) -> LatencyResult:
     """Benchmark 3 (see the module docstring). The first ``skip_s`` seconds are not counted."""
-    from bench import product
     from stream.metrics import LATENCY_BUCKETS
 
-    events, items = movielens_events(movielens_dir)
-    vectors = product.corpus_vectors(list(items.values()), encoder, label="movielens-items")
-    payloads = events[: int(rate * seconds) + 1]
-    topics = Topics()
-    topics.create(bootstrap)
+    items, vectors, payloads, topics = movielens_stream(bootstrap, encoder, movielens_dir, rate, seconds)
     try:
-        produce(bootstrap, topics.name("items"), _catalog_records(items))
         pipe = _warm_pipeline(encoder, items, vectors)
-        import msgspec
-
-        with tempfile.TemporaryDirectory(prefix="bench-service-") as scratch:
-            payload_file = Path(scratch) / "payloads.jsonl"
-            enc = msgspec.json.Encoder().encode
-            payload_file.write_bytes(b"\n".join(enc([e["user_id"], e]) for e in payloads))
-            run = ServiceRun(bootstrap, topics, pipe, **service_overrides).start()
-            proc = None
-            try:
-                run.wait_ready()
-                cmd = [
-                    sys.executable,
-                    "-m",
-                    "bench.service",
-                    "paced-producer",
-                    bootstrap,
-                    topics.name("events"),
-                    str(payload_file),
-                    str(rate),
-                    str(seconds),
-                ]
-                proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
-                line = proc.stdout.readline()
-                if line.strip() != "ready":
-                    raise RuntimeError(f"the paced producer did not start: {line!r}")
+        run = ServiceRun(bootstrap, topics, pipe, **service_overrides).start()
+        try:
+            run.wait_ready()
+            with paced_producer_process(bootstrap, topics.name("events"), payloads, rate, seconds) as proc:
                 t0 = time.perf_counter()
                 proc.wait(seconds + 90)
                 n_sent = int(proc.stdout.read().strip() or 0)
-                run.wait_consumed(n_sent, 60)
-            finally:
-                if proc is not None and proc.poll() is None:
-                    proc.kill()
-                run.stop()
+            run.wait_consumed(n_sent, 60)
+        finally:
+            run.stop()
         values = [v for t, v in run.latency.calls if t - t0 >= skip_s]
         # the histogram's own view of the same observations
         uppers = [*LATENCY_BUCKETS, float("inf")]

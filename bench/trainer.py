@@ -129,64 +129,36 @@ def group_staleness(bootstrap: str, encoder, movielens_dir, *, members: int = 3,
     the commit of the model version that includes it), every member's versions behind sampled
     every 100 ms, and the end-to-end latency of every applied event.
     """
-    import subprocess
-    import sys
-    import tempfile
-    from pathlib import Path
-
-    import msgspec
-
-    from bench import product
-    from bench.common import REPO_ROOT
     from bench.service import (
         ServiceRun,
-        Topics,
-        _catalog_records,
         _Recorder,
         _warm_pipeline,
         exact_quantile,
-        movielens_events,
-        produce,
+        movielens_stream,
+        paced_producer_process,
     )
 
-    events, items = movielens_events(movielens_dir)
-    vectors = product.corpus_vectors(list(items.values()), encoder, label="movielens-items")
-    payloads = events[: int(rate * seconds) + 1]
-    topics = Topics()
-    topics.create(bootstrap)
+    items, vectors, payloads, topics = movielens_stream(bootstrap, encoder, movielens_dir, rate, seconds)
     runs: list = []
     try:
-        produce(bootstrap, topics.name("items"), _catalog_records(items))
         for i in range(members):
             run = ServiceRun(bootstrap, topics, _warm_pipeline(encoder, items, vectors), instance_id=f"m{i}")
             run.staleness = run.metrics.model_staleness = _Recorder(run.metrics.model_staleness)
             runs.append(run.start())
         for run in runs:
             run.wait_ready()
-        with tempfile.TemporaryDirectory(prefix="bench-trainer-") as scratch:
-            payload_file = Path(scratch) / "payloads.jsonl"
-            enc = msgspec.json.Encoder().encode
-            payload_file.write_bytes(b"\n".join(enc([e["user_id"], e]) for e in payloads))
-            cmd = [sys.executable, "-m", "bench.service", "paced-producer", bootstrap, topics.name("events"),
-                   str(payload_file), str(rate), str(seconds)]
-            proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
-            try:
-                if proc.stdout.readline().strip() != "ready":
-                    raise RuntimeError("the paced producer did not start")
-                t0 = time.perf_counter()
-                behind: list[float] = []
-                while proc.poll() is None:
-                    if time.perf_counter() - t0 >= skip_s:
-                        behind.extend(r.metrics.registry.get_sample_value("interest_model_versions_behind") or 0.0
-                                      for r in runs)
-                    time.sleep(0.1)
-                n_sent = int(proc.stdout.read().strip() or 0)
-                deadline = time.monotonic() + 60
-                while sum(r.consumed.total() for r in runs) < n_sent and time.monotonic() < deadline:
-                    time.sleep(0.1)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
+        with paced_producer_process(bootstrap, topics.name("events"), payloads, rate, seconds) as proc:
+            t0 = time.perf_counter()
+            behind: list[float] = []
+            while proc.poll() is None:
+                if time.perf_counter() - t0 >= skip_s:
+                    behind.extend(r.metrics.registry.get_sample_value("interest_model_versions_behind") or 0.0
+                                  for r in runs)
+                time.sleep(0.1)
+            n_sent = int(proc.stdout.read().strip() or 0)
+        deadline = time.monotonic() + 60
+        while sum(r.consumed.total() for r in runs) < n_sent and time.monotonic() < deadline:
+            time.sleep(0.1)
         stale = [v for run in runs for t, v in run.staleness.calls if t - t0 >= skip_s]
         latency = [v for run in runs for t, v in run.latency.calls if t - t0 >= skip_s]
         trainers = sum(1 for r in runs if r.metrics.registry.get_sample_value("interest_trainer_role") == 1.0)

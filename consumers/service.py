@@ -274,8 +274,7 @@ class InterestService:
                 self.partitions.apply_pending(self.consumer, self._pipeline)
                 # Users restored here were last assessed by their previous owner, perhaps against an
                 # older model version: the next quiet moment sweeps every user again.
-                self._sweep, self._swept_version = [], -1
-                self.metrics.settled_version.set(-1)
+                self._restart_sweep()
                 continue
             self.catalog_follower.follow(timeout_ms=0)
             self._follow_model()
@@ -308,8 +307,7 @@ class InterestService:
         if self.model_follower is not None and self.model_follower.latest is not None:
             self._pipeline.adopt(self.model_follower.latest)
         self.observer.new_pipeline()
-        self._sweep, self._swept_version = [], -1
-        self.metrics.settled_version.set(-1)
+        self._restart_sweep()
         self.partitions.rebuild(self.consumer)
 
     def _collect_batch(self) -> list:
@@ -403,6 +401,11 @@ class InterestService:
             still = paused & set(self.consumer.assignment())
             if still:
                 self.consumer.resume(*still)
+
+    def _restart_sweep(self) -> None:
+        """The next idle moment sweeps every user again, whatever model version the last sweep used."""
+        self._sweep, self._swept_version = [], -1
+        self.metrics.settled_version.set(-1)
 
     def _idle_sweep(self, chunk: int = 2000) -> None:
         """While no events arrive, re-assess every user against the current model, a chunk per idle poll.

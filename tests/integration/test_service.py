@@ -25,6 +25,7 @@ from service_harness import (
     read_all,
     send,
     wait_for,
+    wait_settled,
 )
 from sklearn.metrics import normalized_mutual_info_score
 
@@ -93,13 +94,7 @@ def test_service_agrees_with_replay_on_the_same_events(kafka_bootstrap, tmp_path
         svc.wait_all_assigned(len(scenario.truth))
         wait_for(lambda: svc.value("interest_trainer_statistics_applied_total") >= -(-n // batch), 30,
                  what="every batch's statistics applied")
-        # The last version adopted and the idle sweep done: no new change for 3 s in a row.
-        last, quiet, deadline = None, 0, time.monotonic() + 60
-        while quiet < 3 and time.monotonic() < deadline:
-            now = (svc.value("interest_assignment_changes_total"), svc.value("interest_model_version"))
-            quiet = quiet + 1 if now == last and svc.value("interest_model_versions_behind") == 0 else 0
-            last = now
-            time.sleep(1)
+        wait_settled([svc], timeout=60)  # the last version adopted and its idle sweep done
         assert svc.stop() == 0, svc.log_tail()
     finally:
         svc.stop()
